@@ -1,0 +1,86 @@
+// The interface between the CPU op layer (ops_cpu.cpp: validation, layout,
+// threading) and the per-instruction-set kernel bodies (kernels.h, compiled
+// once per ISA). Plain structs of pointers and sizes: no torch types cross it.
+#pragma once
+
+#include <cstdint>
+
+namespace vico_flow {
+namespace cpu {
+
+// Cache tiling of the hard product (same for every ISA, so task counts are
+// ISA independent). MC rows x NC columns of C per task, depth in chunks of kc.
+constexpr int64_t kHardMC = 48;
+constexpr int64_t kHardNC = 256;
+constexpr int64_t kHardKC = 256;
+// Depth chunk when the argmax is wanted: the backward re-finds the winning r
+// inside its chunk, so smaller chunks make that search shorter.
+constexpr int64_t kHardKCArgmax = 64;
+// Column tile of the soft kernels: the skip list of a row is built per tile.
+constexpr int64_t kSoftJT = 256;
+constexpr int64_t kSoftRowsPerTask = 8;
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+template <class T>
+struct HardArgs {
+  const T* a;  // A[b, i, r] at a + b*a_sb + i*a_si + r*a_sr (any strides, 0 for broadcast)
+  int64_t a_sb, a_si, a_sr;
+  const T* b;  // B[b, r, j]
+  int64_t b_sb, b_sr, b_sj;
+  T* c;            // contiguous [batch, m, n]
+  int32_t* chunk;  // nullable; contiguous [batch, m, n]: depth chunk of the first max
+  int64_t batch, m, n, k, kc;
+  int64_t num_tasks() const { return batch * ceil_div(m, kHardMC) * ceil_div(n, kHardNC); }
+};
+
+template <class T>
+struct ArgmaxArgs {
+  const T* a;    // contiguous [batch, m, k]
+  const T* bt;   // contiguous [batch, n, k] (B transposed)
+  const T* c;    // contiguous [batch, m, n]
+  int32_t* idx;  // in: winning chunk, out: winning r (first r reaching C)
+  int64_t batch, m, n, k, kc;
+  int64_t num_tasks() const { return batch * m; }
+};
+
+template <class T>
+struct SoftFwdArgs {
+  const T* as;  // contiguous [batch, m, k], A * s with s = log2(e)/tau
+  const T* bs;  // contiguous [batch, k, n], B * s
+  T* c;         // contiguous [batch, m, n]: in the hard product H, out the soft one
+  int64_t batch, m, n, k;
+  T scale, tau, cut;
+  int64_t num_tasks() const { return batch * ceil_div(m, kSoftRowsPerTask) * ceil_div(n, kSoftJT); }
+};
+
+template <class T>
+struct SoftGradArgs {
+  const T* at;    // contiguous [batch, k, m], A^T * s
+  const T* bs;    // contiguous [batch, k, n], B * s
+  const T* cs;    // contiguous [batch, m, n], C * s (0 where C is not finite)
+  const T* g;     // contiguous [batch, m, n], upstream gradient (0 where C is not finite)
+  const T* cmin;  // contiguous [batch, m, ceil(n/kSoftJT)]: min finite cs of the tile, +inf if none
+  T* db;          // contiguous [batch, k, n]: dC/dB
+  int64_t batch, m, n, k;
+  T cut;
+  int64_t num_tasks() const { return batch * ceil_div(n, kSoftJT) * ceil_div(k, kSoftRowsPerTask); }
+};
+
+template <class T>
+struct KernelTable {
+  const char* isa;
+  void (*hard)(const HardArgs<T>&, int64_t task);
+  void (*argmax)(const ArgmaxArgs<T>&, int64_t task);
+  void (*soft_fwd)(const SoftFwdArgs<T>&, int64_t task);
+  void (*soft_grad)(const SoftGradArgs<T>&, int64_t task);
+};
+
+// Defined in kernels_<isa>.cpp.
+extern const KernelTable<float> kAvx512Float;
+extern const KernelTable<float> kAvx2Float;
+extern const KernelTable<float> kScalarFloat;
+extern const KernelTable<double> kScalarDouble;
+
+}  // namespace cpu
+}  // namespace vico_flow

@@ -1,0 +1,10 @@
+// The kernel bodies for any x86-64 (or other) processor, and the float64 path.
+#include "simd_scalar.h"
+#include "kernels.h"
+
+namespace vico_flow {
+namespace cpu {
+const KernelTable<float> kScalarFloat = Kernels<simd::Scalar<float>>::table("scalar");
+const KernelTable<double> kScalarDouble = Kernels<simd::Scalar<double>>::table("scalar");
+}
+}  // namespace vico_flow

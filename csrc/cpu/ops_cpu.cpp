@@ -1,0 +1,257 @@
+// CPU implementations of the tropical products: layout and dtype handling,
+// threading, instruction-set dispatch. The arithmetic lives in kernels.h; the
+// argument checks every backend shares live in vico_flow/ops.py (these entry
+// points are private and assume checked, already broadcast 3-D inputs).
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <string>
+#include <tuple>
+
+#include "../tropical_common.h"
+#include "kernel_api.h"
+
+namespace vico_flow {
+namespace cpu {
+namespace {
+
+bool cpu_has(const char* feature) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (std::string(feature) == "avx512") return __builtin_cpu_supports("avx512f");
+  if (std::string(feature) == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+  return std::string(feature) == "scalar";
+}
+
+const KernelTable<float>* best_float_table() {
+  if (cpu_has("avx512")) return &kAvx512Float;
+  if (cpu_has("avx2")) return &kAvx2Float;
+  return &kScalarFloat;
+}
+
+std::atomic<const KernelTable<float>*> g_float_table{nullptr};
+
+const KernelTable<float>& float_table() {
+  const KernelTable<float>* t = g_float_table.load();
+  if (!t) {
+    t = best_float_table();
+    g_float_table.store(t);
+  }
+  return *t;
+}
+
+template <class T>
+const KernelTable<T>& table_for();
+template <>
+const KernelTable<float>& table_for<float>() {
+  return float_table();
+}
+template <>
+const KernelTable<double>& table_for<double>() {
+  return kScalarDouble;
+}
+
+// Half and bfloat16 compute in float32 (min/max are exact there, and the soft
+// product needs the range); float32 and float64 compute in their own type.
+at::ScalarType compute_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+template <class F>
+void run_tasks(int64_t n, const F& f) {
+  if (n <= 0) return;
+  at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) f(t);
+  });
+}
+
+void check_3d(const at::Tensor& A, const at::Tensor& B) {
+  TORCH_CHECK(A.dim() == 3 && B.dim() == 3 && A.size(0) == B.size(0) && A.size(2) == B.size(1),
+              "vico_flow._C expects broadcast 3-D operands [b,m,k] x [b,k,n], got ", A.sizes(), " and ", B.sizes());
+  TORCH_CHECK(A.device().is_cpu() && B.device().is_cpu(), "vico_flow._C: CPU kernels need CPU tensors");
+  TORCH_CHECK(A.scalar_type() == B.scalar_type(), "vico_flow._C: operand dtypes differ");
+}
+
+// C = A (max,min) B in the compute type, optionally with the per-output depth
+// chunk of the first maximum (kc = kHardKCArgmax then).
+template <class T>
+void hard_into(const at::Tensor& A, const at::Tensor& B, at::Tensor& C, int32_t* chunk, int64_t kc) {
+  HardArgs<T> p{A.data_ptr<T>(), A.stride(0), A.stride(1), A.stride(2),
+                B.data_ptr<T>(), B.stride(0), B.stride(1), B.stride(2),
+                C.data_ptr<T>(), chunk, A.size(0), A.size(1), B.size(2), A.size(2), kc};
+  const auto& k = table_for<T>();
+  run_tasks(p.num_tasks(), [&](int64_t t) { k.hard(p, t); });
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> hard_forward(const at::Tensor& A_in, const at::Tensor& B_in, bool with_argmax) {
+  check_3d(A_in, B_in);
+  const auto ct = compute_type(A_in.scalar_type());
+  const at::Tensor A = A_in.to(ct), B = B_in.to(ct);  // no copy unless half
+  const int64_t batch = A.size(0), m = A.size(1), k = A.size(2), n = B.size(2);
+  at::Tensor C = at::empty({batch, m, n}, A.options());
+  at::Tensor idx = with_argmax ? at::empty({batch, m, n}, A.options().dtype(at::kInt)) : at::empty({0}, A.options().dtype(at::kInt));
+  AT_DISPATCH_FLOATING_TYPES(ct, "vico_flow_hard_forward", [&] {
+    const int64_t kc = with_argmax ? kHardKCArgmax : kHardKC;
+    hard_into<scalar_t>(A, B, C, with_argmax ? idx.data_ptr<int32_t>() : nullptr, kc);
+    if (with_argmax && k > 0) {
+      const at::Tensor Ac = A.contiguous(), Bt = B.transpose(1, 2).contiguous();
+      ArgmaxArgs<scalar_t> p{Ac.data_ptr<scalar_t>(), Bt.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(),
+                             idx.data_ptr<int32_t>(), batch, m, n, k, kc};
+      const auto& kt = table_for<scalar_t>();
+      run_tasks(p.num_tasks(), [&](int64_t t) { kt.argmax(p, t); });
+    }
+  });
+  return {C.to(A_in.scalar_type()), idx};
+}
+
+// Scatter of the hard gradient: each output's gradient goes to the one operand
+// element that produced it (argmax r, then A if A <= B else B). Two passes so
+// that every thread owns what it writes: rows of dA, columns of dB.
+std::tuple<at::Tensor, at::Tensor> hard_backward(const at::Tensor& grad_in, const at::Tensor& A_in,
+                                                 const at::Tensor& B_in, const at::Tensor& idx_in) {
+  check_3d(A_in, B_in);
+  const auto ct = compute_type(A_in.scalar_type());
+  const at::Tensor A = A_in.to(ct), B = B_in.to(ct);
+  const at::Tensor G = grad_in.to(ct).contiguous(), idx = idx_in.contiguous();
+  const int64_t batch = A.size(0), m = A.size(1), k = A.size(2), n = B.size(2);
+  TORCH_CHECK(idx.sizes() == at::IntArrayRef({batch, m, n}) && idx.scalar_type() == at::kInt,
+              "vico_flow._C.hard_backward: argmax must be int32 [b,m,n]");
+  at::Tensor dA = at::zeros({batch, m, k}, A.options()), dB = at::zeros({batch, k, n}, A.options());
+  if (k > 0 && m > 0 && n > 0) {
+    AT_DISPATCH_FLOATING_TYPES(ct, "vico_flow_hard_backward", [&] {
+      const auto a = A.accessor<scalar_t, 3>();
+      const auto b = B.accessor<scalar_t, 3>();
+      const scalar_t* g = G.data_ptr<scalar_t>();
+      const int32_t* ix = idx.data_ptr<int32_t>();
+      auto da = dA.accessor<scalar_t, 3>();
+      auto db = dB.accessor<scalar_t, 3>();
+      run_tasks(batch * m, [&](int64_t t) {
+        const int64_t bi = t / m, i = t % m;
+        const int64_t off = (bi * m + i) * n;
+        for (int64_t j = 0; j < n; ++j) {
+          const int64_t r = ix[off + j];
+          if (r >= 0 && grad_goes_to_a(a[bi][i][r], b[bi][r][j])) da[bi][i][r] += g[off + j];
+        }
+      });
+      constexpr int64_t kCols = 64;
+      const int64_t col_tiles = ceil_div(n, kCols);
+      run_tasks(batch * col_tiles, [&](int64_t t) {
+        const int64_t bi = t / col_tiles, j0 = (t % col_tiles) * kCols, j1 = std::min(n, j0 + kCols);
+        for (int64_t i = 0; i < m; ++i) {
+          const int64_t off = (bi * m + i) * n;
+          for (int64_t j = j0; j < j1; ++j) {
+            const int64_t r = ix[off + j];
+            if (r >= 0 && !grad_goes_to_a(a[bi][i][r], b[bi][r][j])) db[bi][r][j] += g[off + j];
+          }
+        }
+      });
+    });
+  }
+  return {dA.to(A_in.scalar_type()), dB.to(A_in.scalar_type())};
+}
+
+at::Tensor soft_forward(const at::Tensor& A_in, const at::Tensor& B_in, double tau) {
+  check_3d(A_in, B_in);
+  const auto ct = compute_type(A_in.scalar_type());
+  const at::Tensor A = A_in.to(ct), B = B_in.to(ct);
+  const int64_t batch = A.size(0), m = A.size(1), k = A.size(2), n = B.size(2);
+  at::Tensor C = at::empty({batch, m, n}, A.options());
+  AT_DISPATCH_FLOATING_TYPES(ct, "vico_flow_soft_forward", [&] {
+    hard_into<scalar_t>(A, B, C, nullptr, kHardKC);  // the shift H
+    if (k > 0) {
+      const double s = kLog2e / tau;
+      const at::Tensor As = (A * s).contiguous(), Bs = (B * s).contiguous();
+      SoftFwdArgs<scalar_t> p{As.data_ptr<scalar_t>(), Bs.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(), batch, m, n, k,
+                              scalar_t(s), scalar_t(tau), scalar_t(soft_cutoff(k))};
+      const auto& kt = table_for<scalar_t>();
+      run_tasks(p.num_tasks(), [&](int64_t t) { kt.soft_fwd(p, t); });
+    }
+  });
+  return C.to(A_in.scalar_type());
+}
+
+namespace {
+
+// dC/dB of C = A (soft max,min) B; see Kernels::soft_grad. `At` is A^T.
+template <class T>
+at::Tensor soft_grad_rhs(const at::Tensor& At, const at::Tensor& B, const at::Tensor& C, const at::Tensor& G, double tau) {
+  const int64_t batch = B.size(0), k = B.size(1), n = B.size(2), m = C.size(1);
+  const double s = kLog2e / tau;
+  const at::Tensor finite = at::isfinite(C);
+  const at::Tensor Cs = at::where(finite, C * s, at::zeros({}, C.options())).contiguous();
+  const at::Tensor Gz = at::where(finite, G, at::zeros({}, G.options())).contiguous();
+  // Per-row minimum over each column tile of the finite scaled outputs.
+  const int64_t tiles = ceil_div(n, kSoftJT);
+  at::Tensor padded = at::where(finite, Cs, at::full({}, std::numeric_limits<double>::infinity(), C.options()));
+  if (tiles * kSoftJT != n)
+    padded = at::constant_pad_nd(padded, {0, tiles * kSoftJT - n}, std::numeric_limits<double>::infinity());
+  const at::Tensor cmin = std::get<0>(padded.view({batch, m, tiles, kSoftJT}).min(-1)).contiguous();
+  const at::Tensor Ats = (At * s).contiguous(), Bs = (B * s).contiguous();
+  at::Tensor dB = at::empty({batch, k, n}, B.options());
+  SoftGradArgs<T> p{Ats.data_ptr<T>(), Bs.data_ptr<T>(), Cs.data_ptr<T>(), Gz.data_ptr<T>(), cmin.data_ptr<T>(),
+                    dB.data_ptr<T>(), batch, m, n, k, T(soft_cutoff(k > m ? k : m))};
+  const auto& kt = table_for<T>();
+  run_tasks(p.num_tasks(), [&](int64_t t) { kt.soft_grad(p, t); });
+  return dB;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> soft_backward(const at::Tensor& grad_in, const at::Tensor& A_in, const at::Tensor& B_in,
+                                                 const at::Tensor& C_in, double tau) {
+  check_3d(A_in, B_in);
+  const auto ct = compute_type(A_in.scalar_type());
+  const at::Tensor A = A_in.to(ct), B = B_in.to(ct), C = C_in.to(ct), G = grad_in.to(ct);
+  const int64_t batch = A.size(0), m = A.size(1), k = A.size(2), n = B.size(2);
+  if (k == 0 || m == 0 || n == 0)
+    return {at::zeros({batch, m, k}, A_in.options()), at::zeros({batch, k, n}, A_in.options())};
+  at::Tensor dA, dB;
+  AT_DISPATCH_FLOATING_TYPES(ct, "vico_flow_soft_backward", [&] {
+    const at::Tensor At = A.transpose(1, 2);
+    dB = soft_grad_rhs<scalar_t>(At, B, C, G, tau);
+    // C^T = B^T (max,min) A^T: dA^T is the right-hand gradient of that product.
+    dA = soft_grad_rhs<scalar_t>(B, At, C.transpose(1, 2), G.transpose(1, 2), tau).transpose(1, 2);
+  });
+  return {dA.to(A_in.scalar_type()), dB.to(A_in.scalar_type())};
+}
+
+void set_isa(const std::string& name) {
+  const KernelTable<float>* t = nullptr;
+  if (name == "auto") t = best_float_table();
+  else if (name == "avx512" || name == "avx2" || name == "scalar") {
+    TORCH_CHECK_VALUE(cpu_has(name.c_str()), "set_cpu_isa: this processor does not support '", name, "'");
+    t = name == "avx512" ? &kAvx512Float : name == "avx2" ? &kAvx2Float : &kScalarFloat;
+  } else {
+    TORCH_CHECK_VALUE(false, "set_cpu_isa: isa must be 'auto', 'avx512', 'avx2' or 'scalar', got '", name, "'");
+  }
+  g_float_table.store(t);
+}
+
+std::string isa() { return float_table().isa; }
+
+std::vector<std::string> available_isas() {
+  std::vector<std::string> out;
+  for (const char* f : {"avx512", "avx2", "scalar"})
+    if (cpu_has(f)) out.emplace_back(f);
+  return out;
+}
+
+}  // namespace cpu
+}  // namespace vico_flow
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  namespace c = vico_flow::cpu;
+  m.doc() = "vico_flow compiled kernels (private: use vico_flow.minmax_matmul and friends)";
+  m.def("hard_forward", &c::hard_forward, "A (max,min) B on CPU; returns (C, argmax r or empty)");
+  m.def("hard_backward", &c::hard_backward, "scatter of the hard gradient through argmax");
+  m.def("soft_forward", &c::soft_forward, "log-sum-exp (max,min) product on CPU");
+  m.def("soft_backward", &c::soft_backward, "gradients of the soft product, recomputed from A, B, C");
+  m.def("set_cpu_isa", &c::set_isa, "force the float32 kernel instruction set: auto|avx512|avx2|scalar");
+  m.def("cpu_isa", &c::isa, "instruction set the float32 CPU kernels use now");
+  m.def("available_cpu_isas", &c::available_isas, "instruction sets this processor runs");
+  m.attr("cuda_built") = false;
+}

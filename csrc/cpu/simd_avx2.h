@@ -1,0 +1,74 @@
+// AVX2 + FMA wrapper (8 float lanes). Included only by kernels_avx2.cpp, after
+// its `#pragma GCC target`.
+#pragma once
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+#include "../tropical_common.h"
+
+namespace vico_flow {
+namespace simd {
+
+struct Avx2 {
+  using value_type = float;
+  using reg = __m256;
+  static constexpr int width = 8;
+  // 6 x 32 register tile: 24 accumulators would exceed AVX2's 16 registers, so
+  // 6 rows x 2 vectors (12 accumulators + 2 B vectors + broadcasts).
+  static constexpr int hard_mr = 6;
+  static constexpr int hard_nv = 2;
+  static constexpr int soft_nv = 2;
+
+  static __m256i tail_mask(int n) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lane);
+  }
+  static reg load(const float* p) { return _mm256_loadu_ps(p); }
+  static reg load_partial(const float* p, int n, float fill) {
+    const __m256i m = tail_mask(n);
+    return _mm256_blendv_ps(_mm256_set1_ps(fill), _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m));
+  }
+  static void store(float* p, reg v) { _mm256_storeu_ps(p, v); }
+  static void store_partial(float* p, reg v, int n) { _mm256_maskstore_ps(p, tail_mask(n), v); }
+  static reg set1(float x) { return _mm256_set1_ps(x); }
+  static reg zero() { return _mm256_setzero_ps(); }
+  // vminps/vmaxps return the second operand on ties and NaN; ties give equal
+  // values and NaN is refused upstream, so these equal tmin/tmax bit for bit
+  // (up to the sign of zero, which compares equal).
+  static reg min(reg a, reg b) { return _mm256_min_ps(a, b); }
+  static reg max(reg a, reg b) { return _mm256_max_ps(a, b); }
+  static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
+  static reg sub(reg a, reg b) { return _mm256_sub_ps(a, b); }
+  static reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
+  static reg exp2(reg x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-kExp2Clamp)), _mm256_set1_ps(kExp2Clamp));
+    const reg n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const reg f = _mm256_sub_ps(x, n);
+    reg p = _mm256_set1_ps(kExp2Poly[6]);
+    for (int d = 5; d >= 0; --d) p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExp2Poly[d]));
+    // 2^n built from its exponent bits; |n| <= 100 keeps it a normal float.
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+  }
+  static reg rcp(reg x) {
+    const reg r = _mm256_rcp_ps(x);  // 12 bits, one Newton step -> ~23 bits
+    return _mm256_mul_ps(r, _mm256_fnmadd_ps(x, r, _mm256_set1_ps(2.0f)));
+  }
+  static void store_lanes(float* out, reg v) { _mm256_storeu_ps(out, v); }
+  static int first_eq(reg x, float h) {
+    const int bits = _mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_set1_ps(h), _CMP_EQ_OQ));
+    return bits ? __builtin_ctz(bits) : -1;
+  }
+  static void merge_max(float* c, reg acc) { _mm256_storeu_ps(c, _mm256_max_ps(_mm256_loadu_ps(c), acc)); }
+  static void merge_max_track(float* c, int32_t* idx, reg acc, int32_t chunk) {
+    const reg gt = _mm256_cmp_ps(acc, _mm256_loadu_ps(c), _CMP_GT_OQ);
+    const __m256i m = _mm256_castps_si256(gt);
+    _mm256_maskstore_ps(c, m, acc);
+    _mm256_maskstore_epi32(idx, m, _mm256_set1_epi32(chunk));
+  }
+};
+
+}  // namespace simd
+}  // namespace vico_flow

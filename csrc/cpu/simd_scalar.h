@@ -1,0 +1,55 @@
+// One-lane "vector": the portable fallback and the float64 path. Mirrors the
+// interface of the AVX2/AVX-512 wrappers so kernels.h is written once.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "../tropical_common.h"
+
+namespace vico_flow {
+namespace simd {
+
+template <class T>
+struct Scalar {
+  using value_type = T;
+  using reg = T;
+  static constexpr int width = 1;
+  static constexpr int hard_mr = 4;  // register tile: 4 rows x 4 columns
+  static constexpr int hard_nv = 4;
+  static constexpr int soft_nv = 4;
+
+  static reg load(const T* p) { return *p; }
+  static reg load_partial(const T* p, int n, T fill) { return n > 0 ? *p : fill; }
+  static void store(T* p, reg v) { *p = v; }
+  static void store_partial(T* p, reg v, int n) {
+    if (n > 0) *p = v;
+  }
+  static reg set1(T x) { return x; }
+  static reg zero() { return T(0); }
+  static reg min(reg a, reg b) { return tmin(a, b); }
+  static reg max(reg a, reg b) { return tmax(a, b); }
+  static reg add(reg a, reg b) { return a + b; }
+  static reg sub(reg a, reg b) { return a - b; }
+  static reg mul(reg a, reg b) { return a * b; }
+  static reg exp2(reg x) {
+    const T c = T(kExp2Clamp);
+    return std::exp2(x < -c ? -c : (x > c ? c : x));
+  }
+  static reg rcp(reg x) { return T(1) / x; }
+  static void store_lanes(T* out, reg v) { out[0] = v; }
+  // Lane of the first element equal to h, or -1.
+  static int first_eq(reg x, T h) { return x == h ? 0 : -1; }
+  // c = max(c, acc), elementwise over one vector at c.
+  static void merge_max(T* c, reg acc) { *c = tmax(*c, acc); }
+  // Same, and record `chunk` where acc strictly beats c (first-chunk ties).
+  static void merge_max_track(T* c, int32_t* idx, reg acc, int32_t chunk) {
+    if (hard_replaces(acc, *c)) {
+      *c = acc;
+      *idx = chunk;
+    }
+  }
+};
+
+}  // namespace simd
+}  // namespace vico_flow

@@ -1,0 +1,120 @@
+"""Backends of the tropical products and how "auto" picks one.
+
+A backend is an object with four functions on checked, broadcast 3-D operands
+``A [b, m, k]``, ``B [b, k, n]``:
+
+    hard_forward(A, B, with_argmax) -> (C, argmax int32 or empty)
+    hard_backward(grad, A, B, argmax) -> (dA, dB)
+    soft_forward(A, B, tau) -> C
+    soft_backward(grad, A, B, C, tau) -> (dA, dB)
+"""
+from __future__ import annotations
+
+import importlib
+from types import SimpleNamespace
+
+import torch
+
+from . import reference
+
+BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
+
+
+def _reference_backend():
+    def hard_forward(A, B, with_argmax):
+        C, idx = reference.minmax_matmul_argmax(A, B)
+        return C, (idx.to(torch.int32) if with_argmax else idx.new_empty((0,), dtype=torch.int32))
+
+    return SimpleNamespace(
+        name="reference",
+        devices=("cpu", "cuda"),
+        hard_forward=hard_forward,
+        hard_backward=reference.minmax_matmul_backward,
+        soft_forward=reference.soft_minmax_matmul,
+        soft_backward=reference.soft_minmax_matmul_backward,
+    )
+
+
+def compiled_extension():
+    """The compiled module vico_flow._C, or None when the package was not built."""
+    try:
+        return importlib.import_module("vico_flow._C")
+    except ImportError:
+        return None
+
+
+def _cpu_backend():
+    ext = compiled_extension()
+    if ext is None:
+        return None
+    return SimpleNamespace(
+        name="cpu",
+        devices=("cpu",),
+        hard_forward=ext.hard_forward,
+        hard_backward=ext.hard_backward,
+        soft_forward=ext.soft_forward,
+        soft_backward=ext.soft_backward,
+    )
+
+
+def _cuda_backend():
+    ext = compiled_extension()
+    if ext is None or not getattr(ext, "cuda_built", False):
+        return None
+    return SimpleNamespace(
+        name="cuda",
+        devices=("cuda",),
+        hard_forward=ext.hard_forward_cuda,
+        hard_backward=ext.hard_backward_cuda,
+        soft_forward=ext.soft_forward_cuda,
+        soft_backward=ext.soft_backward_cuda,
+    )
+
+
+def _triton_backend():
+    try:
+        from .triton import backend as triton_backend
+    except ImportError:
+        return None
+    return triton_backend.BACKEND
+
+
+_LOADERS = {"reference": _reference_backend, "cpu": _cpu_backend, "cuda": _cuda_backend, "triton": _triton_backend}
+_CACHE: dict = {}
+
+
+def get(name: str):
+    """The backend object for `name` (not "auto"), or None when it is not available here."""
+    if name not in _CACHE:
+        _CACHE[name] = _LOADERS[name]()
+    return _CACHE[name]
+
+
+def available() -> list[str]:
+    """Names of the backends usable in this installation."""
+    return [n for n in BACKENDS[1:] if get(n) is not None]
+
+
+def resolve(backend, device: torch.device, fn: str) -> str:
+    """Checks a backend name and turns "auto" into a concrete backend for `device`."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"{fn}: backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    if backend == "auto":
+        order = {"cpu": ("cpu", "reference"), "cuda": ("cuda", "triton", "reference")}.get(device.type, ("reference",))
+        for name in order:
+            if get(name) is not None:
+                return name
+        raise ValueError(f"{fn}: no backend is available for tensors on {device}")
+    impl = get(backend)
+    if impl is None:
+        hint = {
+            "cpu": "the compiled extension vico_flow._C is missing: reinstall with `pip install --no-build-isolation -e .`",
+            "cuda": "vico_flow was built without CUDA kernels (needs a CUDA build of torch and nvcc at install time)",
+            "triton": "triton is not installed (`pip install triton`)",
+        }[backend]
+        raise ValueError(f"{fn}: backend {backend!r} is not available: {hint}")
+    if device.type not in impl.devices:
+        raise ValueError(
+            f"{fn}: backend {backend!r} runs on {' or '.join(impl.devices)} tensors, but the operands are on {device}"
+        )
+    return backend

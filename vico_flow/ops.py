@@ -1,0 +1,175 @@
+"""The tropical (max, min) matrix products as torch custom ops.
+
+Public functions take ``torch.matmul``-shaped operands (batch dims broadcast),
+check them, flatten the batch, and call one of four custom ops on 3-D
+operands. The ops carry fake kernels (torch.compile, meta tensors) and
+autograd formulas; their bodies pick the backend named by a string argument.
+
+Ops (namespace ``vico_flow``):
+    minmax_mm(A, B, backend, with_argmax) -> (C, argmax)
+    minmax_mm_backward(grad, A, B, argmax, backend) -> (dA, dB)
+    soft_minmax_mm(A, B, tau, backend) -> C
+    soft_minmax_mm_backward(grad, A, B, C, tau, backend) -> (dA, dB)
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import _backends
+from ._checks import check_matmul_operands, check_no_nan, check_tau
+
+__all__ = ["minmax_matmul", "minmax_matmul_with_argmax", "soft_minmax_matmul"]
+
+
+def _check_values(A: Tensor, B: Tensor, fn: str) -> None:
+    check_no_nan(A, "A", fn)
+    check_no_nan(B, "B", fn)
+
+
+# --------------------------------------------------------------------------- hard
+@torch.library.custom_op("vico_flow::minmax_mm", mutates_args=())
+def _minmax_mm(A: Tensor, B: Tensor, backend: str, with_argmax: bool) -> tuple[Tensor, Tensor]:
+    _check_values(A, B, "minmax_matmul")
+    return _backends.get(backend).hard_forward(A, B, with_argmax)
+
+
+@_minmax_mm.register_fake
+def _(A, B, backend, with_argmax):
+    shape = (A.shape[0], A.shape[1], B.shape[2])
+    return A.new_empty(shape), A.new_empty(shape if with_argmax else (0,), dtype=torch.int32)
+
+
+@torch.library.custom_op("vico_flow::minmax_mm_backward", mutates_args=())
+def _minmax_mm_backward(grad: Tensor, A: Tensor, B: Tensor, argmax: Tensor, backend: str) -> tuple[Tensor, Tensor]:
+    return _backends.get(backend).hard_backward(grad, A, B, argmax)
+
+
+@_minmax_mm_backward.register_fake
+def _(grad, A, B, argmax, backend):
+    return A.new_empty(A.shape), B.new_empty(B.shape)
+
+
+def _minmax_setup(ctx, inputs, output):
+    A, B, backend, with_argmax = inputs
+    ctx.save_for_backward(A, B, output[1])
+    ctx.backend = backend
+    ctx.with_argmax = with_argmax
+
+
+def _minmax_bwd(ctx, grad_c, _grad_argmax):
+    A, B, argmax = ctx.saved_tensors
+    if not ctx.with_argmax:
+        raise RuntimeError(
+            "vico_flow::minmax_mm was called with with_argmax=False, so it kept no argmax to route "
+            "gradients; call vico_flow.minmax_matmul (it asks for the argmax whenever an input requires grad)"
+        )
+    dA, dB = _minmax_mm_backward(grad_c.contiguous(), A, B, argmax, ctx.backend)
+    return dA, dB, None, None
+
+
+_minmax_mm.register_autograd(_minmax_bwd, setup_context=_minmax_setup)
+
+
+# --------------------------------------------------------------------------- soft
+@torch.library.custom_op("vico_flow::soft_minmax_mm", mutates_args=())
+def _soft_minmax_mm(A: Tensor, B: Tensor, tau: float, backend: str) -> Tensor:
+    _check_values(A, B, "soft_minmax_matmul")
+    return _backends.get(backend).soft_forward(A, B, tau)
+
+
+@_soft_minmax_mm.register_fake
+def _(A, B, tau, backend):
+    return A.new_empty((A.shape[0], A.shape[1], B.shape[2]))
+
+
+@torch.library.custom_op("vico_flow::soft_minmax_mm_backward", mutates_args=())
+def _soft_minmax_mm_backward(
+    grad: Tensor, A: Tensor, B: Tensor, C: Tensor, tau: float, backend: str
+) -> tuple[Tensor, Tensor]:
+    return _backends.get(backend).soft_backward(grad, A, B, C, tau)
+
+
+@_soft_minmax_mm_backward.register_fake
+def _(grad, A, B, C, tau, backend):
+    return A.new_empty(A.shape), B.new_empty(B.shape)
+
+
+def _soft_setup(ctx, inputs, output):
+    A, B, tau, backend = inputs
+    ctx.save_for_backward(A, B, output)  # recompute from A, B, C: O(inputs + outputs)
+    ctx.tau = tau
+    ctx.backend = backend
+
+
+def _soft_bwd(ctx, grad_c):
+    A, B, C = ctx.saved_tensors
+    dA, dB = _soft_minmax_mm_backward(grad_c.contiguous(), A, B, C, ctx.tau, ctx.backend)
+    return dA, dB, None, None
+
+
+_soft_minmax_mm.register_autograd(_soft_bwd, setup_context=_soft_setup)
+
+
+# --------------------------------------------------------------------------- public API
+def _flatten(A: Tensor, B: Tensor, fn: str):
+    batch, m, k, n = check_matmul_operands(A, B, fn)
+    A3 = A.expand(*batch, m, k).reshape(-1, m, k)
+    B3 = B.expand(*batch, k, n).reshape(-1, k, n)
+    return A3, B3, tuple(batch), m, n
+
+
+def minmax_matmul_with_argmax(A: Tensor, B: Tensor, *, backend: str = "auto") -> tuple[Tensor, Tensor]:
+    """Like :func:`minmax_matmul`, also returning the winning inner index.
+
+    Returns ``(C, argmax)`` with ``argmax[..., i, j]`` (int32) the first r with
+    ``min(A[..., i, r], B[..., r, j]) == C[..., i, j]`` (0 when k == 0).
+    """
+    fn = "minmax_matmul_with_argmax"
+    A3, B3, batch, m, n = _flatten(A, B, fn)
+    backend = _backends.resolve(backend, A.device, fn)
+    C, idx = _minmax_mm(A3, B3, backend, True)
+    if A3.shape[-1] == 0:
+        idx = torch.zeros_like(idx)
+    return C.reshape(*batch, m, n), idx.reshape(*batch, m, n)
+
+
+def minmax_matmul(A: Tensor, B: Tensor, *, backend: str = "auto") -> Tensor:
+    """Tropical (max, min) product: ``C[..., i, j] = max_r min(A[..., i, r], B[..., r, j])``.
+
+    Shapes follow ``torch.matmul`` for operands of 2 or more dims (batch dims
+    broadcast); inner size 0 gives -inf. dtypes float16, bfloat16, float32,
+    float64 (the same for A and B); the result is bit-identical to
+    :func:`vico_flow.reference.minmax_matmul`. ``-inf`` means "no edge",
+    ``+inf`` "unlimited"; NaN raises ValueError.
+
+    Gradient: each output's gradient goes to one operand element: the first r
+    reaching the max, then A[i, r] if A[i, r] <= B[r, j], else B[r, j].
+
+    backend: "auto" (compiled kernels for the device, else the reference),
+    "cpu", "cuda", "triton" or "reference".
+    """
+    fn = "minmax_matmul"
+    A3, B3, batch, m, n = _flatten(A, B, fn)
+    backend = _backends.resolve(backend, A.device, fn)
+    with_argmax = torch.is_grad_enabled() and (A.requires_grad or B.requires_grad)
+    C, _ = _minmax_mm(A3, B3, backend, with_argmax)
+    return C.reshape(*batch, m, n)
+
+
+def soft_minmax_matmul(A: Tensor, B: Tensor, tau: float = 0.01, *, backend: str = "auto") -> Tensor:
+    """Soft (log-sum-exp) tropical product at temperature ``tau > 0``.
+
+    ``C[i, j] = tau * log sum_r exp(softmin(A[i,r], B[r,j]) / tau)`` with
+    ``softmin(a, b) = -tau * log(exp(-a/tau) + exp(-b/tau))``. Bounds:
+    ``hard - tau*log(2) <= C <= hard + tau*log(k)``; tends to the hard product
+    as tau -> 0. Numerically stable for any tau (shifted by the hard product).
+    Half inputs compute in float32. Shapes, dtypes and backends as
+    :func:`minmax_matmul`; the gradient is the smooth one (paper Eq. 6-7),
+    recomputed in backward from A, B and C.
+    """
+    fn = "soft_minmax_matmul"
+    tau = check_tau(tau, fn)
+    A3, B3, batch, m, n = _flatten(A, B, fn)
+    backend = _backends.resolve(backend, A.device, fn)
+    return _soft_minmax_mm(A3, B3, tau, backend).reshape(*batch, m, n)
