@@ -33,6 +33,14 @@ template <class T> VF_HD bool hard_replaces(T candidate, T best) { return candid
 // A <= B (A wins ties), else to B.
 template <class T> VF_HD bool grad_goes_to_a(T a, T b) { return a <= b; }
 
+// What the forward saves for the hard backward, one int32 per output: the
+// winning r, and whether the gradient goes to A (stored as r) or B (stored as
+// ~r = -r-1). The backward then reads no operand at all.
+// Branch free (r ^ 0 or r ^ -1): which operand wins is a coin flip on real data.
+VF_HD int32_t encode_winner(int64_t r, bool to_a) { return int32_t(r) ^ (int32_t(to_a) - 1); }
+VF_HD int32_t winner_index(int32_t w) { return w < 0 ? ~w : w; }
+VF_HD bool winner_to_a(int32_t w) { return w >= 0; }
+
 // ---------------------------------------------------------------- soft product
 // Everything soft is computed in base 2 on operands pre-scaled by
 // s = log2(e) / tau, so exp(x / tau) becomes exp2(x * s) and a scaled operand

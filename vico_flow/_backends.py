@@ -3,8 +3,11 @@
 A backend is an object with four functions on checked, broadcast 3-D operands
 ``A [b, m, k]``, ``B [b, k, n]``:
 
-    hard_forward(A, B, with_argmax) -> (C, argmax int32 or empty)
-    hard_backward(grad, A, B, argmax) -> (dA, dB)
+    hard_forward(A, B, with_winners) -> (C, winners int32 or empty)
+    hard_backward(grad, A, B, winners) -> (dA, dB)
+
+where `winners` is reference.encode_winners' format: the first r reaching the
+max, stored as r when the gradient goes to A and as ~r when it goes to B.
     soft_forward(A, B, tau) -> C
     soft_backward(grad, A, B, C, tau) -> (dA, dB)
 """
@@ -23,13 +26,18 @@ BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 def _reference_backend():
     def hard_forward(A, B, with_argmax):
         C, idx = reference.minmax_matmul_argmax(A, B)
-        return C, (idx.to(torch.int32) if with_argmax else idx.new_empty((0,), dtype=torch.int32))
+        if not with_argmax:
+            return C, idx.new_empty((0,), dtype=torch.int32)
+        return C, reference.encode_winners(A, B, idx)
+
+    def hard_backward(grad, A, B, winners):
+        return reference.minmax_matmul_backward(grad, A, B, reference.decode_winners(winners))
 
     return SimpleNamespace(
         name="reference",
         devices=("cpu", "cuda"),
         hard_forward=hard_forward,
-        hard_backward=reference.minmax_matmul_backward,
+        hard_backward=hard_backward,
         soft_forward=reference.soft_minmax_matmul,
         soft_backward=reference.soft_minmax_matmul_backward,
     )

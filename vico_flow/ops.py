@@ -6,12 +6,18 @@ operands. The ops carry fake kernels (torch.compile, meta tensors) and
 autograd formulas; their bodies pick the backend named by a string argument.
 
 Ops (namespace ``vico_flow``):
-    minmax_mm(A, B, backend, with_argmax) -> (C, argmax)
-    minmax_mm_backward(grad, A, B, argmax, backend) -> (dA, dB)
+    minmax_mm(A, B, backend, with_argmax) -> (C, winners)
+    minmax_mm_backward(grad, A, B, winners, backend) -> (dA, dB)
+
+`winners` (int32 per output, empty when with_argmax is False) holds the first
+r reaching the max, as r when the gradient goes to A and ~r when it goes to B
+(reference.encode_winners); the backward reads nothing else.
     soft_minmax_mm(A, B, tau, backend) -> C
     soft_minmax_mm_backward(grad, A, B, C, tau, backend) -> (dA, dB)
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -23,6 +29,8 @@ __all__ = ["minmax_matmul", "minmax_matmul_with_argmax", "soft_minmax_matmul"]
 
 
 def _check_values(A: Tensor, B: Tensor, fn: str) -> None:
+    # Inside the op body (not the Python wrapper) so that torch.compile sees no
+    # data-dependent branch; indices refer to the [batch, rows, cols] operand.
     check_no_nan(A, "A", fn)
     check_no_nan(B, "B", fn)
 
@@ -114,8 +122,8 @@ _soft_minmax_mm.register_autograd(_soft_bwd, setup_context=_soft_setup)
 # --------------------------------------------------------------------------- public API
 def _flatten(A: Tensor, B: Tensor, fn: str):
     batch, m, k, n = check_matmul_operands(A, B, fn)
-    A3 = A.expand(*batch, m, k).reshape(-1, m, k)
-    B3 = B.expand(*batch, k, n).reshape(-1, k, n)
+    A3 = A.expand(*batch, m, k).reshape(math.prod(batch), m, k)
+    B3 = B.expand(*batch, k, n).reshape(math.prod(batch), k, n)
     return A3, B3, tuple(batch), m, n
 
 
@@ -128,9 +136,8 @@ def minmax_matmul_with_argmax(A: Tensor, B: Tensor, *, backend: str = "auto") ->
     fn = "minmax_matmul_with_argmax"
     A3, B3, batch, m, n = _flatten(A, B, fn)
     backend = _backends.resolve(backend, A.device, fn)
-    C, idx = _minmax_mm(A3, B3, backend, True)
-    if A3.shape[-1] == 0:
-        idx = torch.zeros_like(idx)
+    C, winners = _minmax_mm(A3, B3, backend, True)
+    idx = torch.where(winners < 0, ~winners, winners)  # reference.decode_winners
     return C.reshape(*batch, m, n), idx.reshape(*batch, m, n)
 
 

@@ -26,8 +26,8 @@ def _as_3d(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor, tuple[int, ...]]:
     batch = torch.broadcast_shapes(A.shape[:-2], B.shape[:-2])
     m, k = A.shape[-2:]
     n = B.shape[-1]
-    A3 = A.expand(*batch, m, k).reshape(-1, m, k)
-    B3 = B.expand(*batch, k, n).reshape(-1, k, n)
+    A3 = A.expand(*batch, m, k).reshape(math.prod(batch), m, k)
+    B3 = B.expand(*batch, k, n).reshape(math.prod(batch), k, n)
     return A3, B3, tuple(batch)
 
 
@@ -66,6 +66,23 @@ def minmax_matmul_argmax(A: Tensor, B: Tensor, max_bytes: int = DEFAULT_MAX_BYTE
 def minmax_matmul(A: Tensor, B: Tensor, max_bytes: int = DEFAULT_MAX_BYTES) -> Tensor:
     """The hard tropical product (values only)."""
     return minmax_matmul_argmax(A, B, max_bytes)[0]
+
+
+def encode_winners(A: Tensor, B: Tensor, argmax: Tensor) -> Tensor:
+    """What the hard op saves for backward: int32 ``r`` where the gradient of
+    output (i, j) goes to A[i, r] (A <= B there), ``~r = -r-1`` where it goes to
+    B[r, j]. Operands are broadcast 3-D ``[b, m, k] x [b, k, n]``."""
+    idx = argmax.long()
+    if A.shape[-1] == 0:
+        return torch.zeros(idx.shape, dtype=torch.int32, device=idx.device)
+    a_sel = A.expand(idx.shape[0], -1, -1).gather(2, idx)
+    b_sel = B.expand(idx.shape[0], -1, -1).gather(1, idx)
+    return torch.where(a_sel <= b_sel, idx, ~idx).to(torch.int32)
+
+
+def decode_winners(winners: Tensor) -> Tensor:
+    """The winning r of each output from :func:`encode_winners`' format."""
+    return torch.where(winners < 0, ~winners, winners)
 
 
 def minmax_matmul_backward(grad: Tensor, A: Tensor, B: Tensor, argmax: Tensor) -> tuple[Tensor, Tensor]:

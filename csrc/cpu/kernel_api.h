@@ -9,7 +9,9 @@ namespace vico_flow {
 namespace cpu {
 
 // Cache tiling of the hard product (same for every ISA, so task counts are
-// ISA independent). MC rows x NC columns of C per task, depth in chunks of kc.
+// ISA independent). mc rows x NC columns of C per task (mc a multiple of
+// kHardMC, chosen per call: larger blocks re-pack B less often), depth in
+// chunks of kc.
 constexpr int64_t kHardMC = 48;
 constexpr int64_t kHardNC = 256;
 constexpr int64_t kHardKC = 256;
@@ -30,8 +32,8 @@ struct HardArgs {
   int64_t b_sb, b_sr, b_sj;
   T* c;            // contiguous [batch, m, n]
   int32_t* chunk;  // nullable; contiguous [batch, m, n]: depth chunk of the first max
-  int64_t batch, m, n, k, kc;
-  int64_t num_tasks() const { return batch * ceil_div(m, kHardMC) * ceil_div(n, kHardNC); }
+  int64_t batch, m, n, k, kc, mc;
+  int64_t num_tasks() const { return batch * ceil_div(m, mc) * ceil_div(n, kHardNC); }
 };
 
 template <class T>
@@ -39,9 +41,12 @@ struct ArgmaxArgs {
   const T* a;    // contiguous [batch, m, k]
   const T* bt;   // contiguous [batch, n, k] (B transposed)
   const T* c;    // contiguous [batch, m, n]
-  int32_t* idx;  // in: winning chunk, out: winning r (first r reaching C)
+  int32_t* idx;  // in: winning chunk, out: encode_winner(first r reaching C, A <= B there)
   int64_t batch, m, n, k, kc;
-  int64_t num_tasks() const { return batch * m; }
+  // Tiles of kArgmaxTile x kArgmaxTile outputs: their A rows and B^T rows
+  // (2 x 64 x k values) stay in L2 while the tile's chunks are searched.
+  static constexpr int64_t kArgmaxTile = 64;
+  int64_t num_tasks() const { return batch * ceil_div(m, kArgmaxTile) * ceil_div(n, kArgmaxTile); }
 };
 
 template <class T>

@@ -24,6 +24,7 @@ struct Kernels {
   static constexpr int MR = V::hard_mr;
   static constexpr int NR = V::hard_nv * W;
   static_assert(kHardMC % MR == 0 && kHardNC % NR == 0, "cache tile must hold whole register tiles");
+  // (p.mc is a multiple of kHardMC, hence of MR.)
 
   static T neg_inf() { return -std::numeric_limits<T>::infinity(); }
   static T pos_inf() { return std::numeric_limits<T>::infinity(); }
@@ -125,10 +126,10 @@ struct Kernels {
   }
 
   static void hard(const HardArgs<T>& p, int64_t task) {
-    const int64_t tiles_n = ceil_div(p.n, kHardNC), tiles_m = ceil_div(p.m, kHardMC);
+    const int64_t tiles_n = ceil_div(p.n, kHardNC), tiles_m = ceil_div(p.m, p.mc);
     const int64_t jt = task % tiles_n, it = (task / tiles_n) % tiles_m, bi = task / (tiles_n * tiles_m);
-    const int64_t ic = it * kHardMC, jc = jt * kHardNC;
-    const int64_t mc = std::min(kHardMC, p.m - ic), nc = std::min(kHardNC, p.n - jc);
+    const int64_t ic = it * p.mc, jc = jt * kHardNC;
+    const int64_t mc = std::min(p.mc, p.m - ic), nc = std::min(kHardNC, p.n - jc);
     if (p.k == 0) {  // empty max: -inf everywhere
       for (int64_t i = 0; i < mc; ++i) {
         std::fill(p.c + (bi * p.m + ic + i) * p.n + jc, p.c + (bi * p.m + ic + i) * p.n + jc + nc, neg_inf());
@@ -158,33 +159,56 @@ struct Kernels {
   }
 
   // ------------------------------------------------------------ hard argmax
-  // One output row: turn each winning chunk into the first r of that chunk
-  // whose min(A[i,r], B[r,j]) equals C[i,j] (the first-index tie rule).
+  // Outputs of one tile: turn each winning chunk into the first r of that chunk
+  // whose min(A[i,r], B[r,j]) equals C[i,j] (the first-index tie rule), and
+  // record where its gradient goes. Equality bits of the whole chunk are
+  // gathered first and the first one taken: no data-dependent branch.
   static void argmax(const ArgmaxArgs<T>& p, int64_t task) {
-    const int64_t bi = task / p.m, i = task % p.m;
+    constexpr int64_t TS = ArgmaxArgs<T>::kArgmaxTile;
+    const int64_t tiles_n = ceil_div(p.n, TS), tiles_m = ceil_div(p.m, TS);
+    const int64_t jt = task % tiles_n, it = (task / tiles_n) % tiles_m, bi = task / (tiles_n * tiles_m);
+    for (int64_t i = it * TS; i < std::min(p.m, (it + 1) * TS); ++i)
+      argmax_row(p, bi, i, jt * TS, std::min(p.n, (jt + 1) * TS));
+  }
+
+  static void argmax_row(const ArgmaxArgs<T>& p, int64_t bi, int64_t i, int64_t j_begin, int64_t j_end) {
     const T* a = p.a + (bi * p.m + i) * p.k;
     const T* c = p.c + (bi * p.m + i) * p.n;
     int32_t* idx = p.idx + (bi * p.m + i) * p.n;
-    for (int64_t j = 0; j < p.n; ++j) {
+    // The chunk segments are scattered (latency bound): prefetch a few outputs ahead.
+    constexpr int64_t kAhead = 6;
+    const int64_t seg_bytes = std::min(p.kc, p.k) * int64_t(sizeof(T));
+    auto prefetch = [&](int64_t j) {
+      const int64_t off = int64_t(idx[j]) * p.kc;
+      const char* pb = reinterpret_cast<const char*>(p.bt + (bi * p.n + j) * p.k + off);
+      const char* pa = reinterpret_cast<const char*>(a + off);
+      for (int64_t o = 0; o < seg_bytes; o += 64) {
+        __builtin_prefetch(pb + o);
+        __builtin_prefetch(pa + o);
+      }
+    };
+    for (int64_t j = j_begin; j < std::min(j_end, j_begin + kAhead); ++j) prefetch(j);
+    for (int64_t j = j_begin; j < j_end; ++j) {
+      if (j + kAhead < j_end) prefetch(j + kAhead);
       const T* bt = p.bt + (bi * p.n + j) * p.k;
       const T h = c[j];
-      const int64_t r0 = int64_t(idx[j]) * p.kc, r1 = std::min(p.k, r0 + p.kc);
+      int64_t r = int64_t(idx[j]) * p.kc;
+      const int64_t r1 = std::min(p.k, r + p.kc);
       int64_t found = -1;
-      int64_t r = r0;
-      for (; r + W <= r1; r += W) {
-        const int lane = V::first_eq(V::min(V::load(a + r), V::load(bt + r)), h);
-        if (lane >= 0) {
-          found = r + lane;
-          break;
+      while (found < 0 && r < r1) {
+        uint64_t bits = 0;
+        int span = 0;  // lanes examined in this window of up to 64
+        for (; span < 64 && r + span < r1; span += W) {
+          const int cnt = int(std::min<int64_t>(W, r1 - r - span));
+          uint64_t lanes = V::eq_mask(V::min(V::load_partial(a + r + span, cnt, T(0)), V::load_partial(bt + r + span, cnt, T(0))), h);
+          if (cnt < W) lanes &= (uint64_t(1) << cnt) - 1;
+          bits |= lanes << span;
         }
+        if (bits) found = r + __builtin_ctzll(bits);
+        r += span;
       }
-      if (found < 0)
-        for (; r < r1; ++r)
-          if (tmin(a[r], bt[r]) == h) {
-            found = r;
-            break;
-          }
-      idx[j] = int32_t(found);
+      if (found < 0) found = int64_t(idx[j]) * p.kc;  // unreachable: C[i,j] is attained in its chunk
+      idx[j] = encode_winner(found, grad_goes_to_a(a[found], bt[found]));
     }
   }
 

@@ -76,13 +76,46 @@ void check_3d(const at::Tensor& A, const at::Tensor& B) {
 
 // C = A (max,min) B in the compute type, optionally with the per-output depth
 // chunk of the first maximum (kc = kHardKCArgmax then).
+// Rows per task: as many as keep ~8 tasks per thread (fewer re-packs of B),
+// at least kHardMC.
+int64_t hard_row_block(int64_t batch, int64_t m, int64_t n) {
+  const int64_t want = 8 * at::get_num_threads();
+  const int64_t col_tasks = batch * ceil_div(n, kHardNC);
+  const int64_t row_blocks = std::max<int64_t>(1, ceil_div(want, std::max<int64_t>(col_tasks, 1)));
+  const int64_t rows = ceil_div(ceil_div(m, row_blocks), kHardMC) * kHardMC;
+  return std::min<int64_t>(std::max<int64_t>(rows, kHardMC), 16 * kHardMC);
+}
+
 template <class T>
 void hard_into(const at::Tensor& A, const at::Tensor& B, at::Tensor& C, int32_t* chunk, int64_t kc) {
+  const int64_t batch = A.size(0), m = A.size(1), k = A.size(2), n = B.size(2);
   HardArgs<T> p{A.data_ptr<T>(), A.stride(0), A.stride(1), A.stride(2),
                 B.data_ptr<T>(), B.stride(0), B.stride(1), B.stride(2),
-                C.data_ptr<T>(), chunk, A.size(0), A.size(1), B.size(2), A.size(2), kc};
-  const auto& k = table_for<T>();
-  run_tasks(p.num_tasks(), [&](int64_t t) { k.hard(p, t); });
+                C.data_ptr<T>(), chunk, batch, m, n, k, kc, hard_row_block(batch, m, n)};
+  const auto& kt = table_for<T>();
+  run_tasks(p.num_tasks(), [&](int64_t t) { kt.hard(p, t); });
+}
+
+// Contiguous [b, n, k] copy of X [b, k, n], in 32x32 blocks that stay in L1
+// (torch's strided copy is several times slower for this pattern).
+template <class T>
+at::Tensor transposed_copy(const at::Tensor& X) {
+  const int64_t batch = X.size(0), k = X.size(1), n = X.size(2);
+  at::Tensor out = at::empty({batch, n, k}, X.options());
+  const T* src = X.data_ptr<T>();
+  T* dst = out.data_ptr<T>();
+  const int64_t sb = X.stride(0), sr = X.stride(1), sc = X.stride(2);
+  constexpr int64_t kBlk = 32;
+  const int64_t rb = ceil_div(k, kBlk), cb = ceil_div(n, kBlk);
+  run_tasks(batch * rb, [&](int64_t t) {
+    const int64_t bi = t / rb, r0 = (t % rb) * kBlk, r1 = std::min(k, r0 + kBlk);
+    for (int64_t c = 0; c < cb; ++c) {
+      const int64_t c0 = c * kBlk, c1 = std::min(n, c0 + kBlk);
+      for (int64_t j = c0; j < c1; ++j)
+        for (int64_t r = r0; r < r1; ++r) dst[(bi * n + j) * k + r] = src[bi * sb + r * sr + j * sc];
+    }
+  });
+  return out;
 }
 
 }  // namespace
@@ -98,7 +131,7 @@ std::tuple<at::Tensor, at::Tensor> hard_forward(const at::Tensor& A_in, const at
     const int64_t kc = with_argmax ? kHardKCArgmax : kHardKC;
     hard_into<scalar_t>(A, B, C, with_argmax ? idx.data_ptr<int32_t>() : nullptr, kc);
     if (with_argmax && k > 0) {
-      const at::Tensor Ac = A.contiguous(), Bt = B.transpose(1, 2).contiguous();
+      const at::Tensor Ac = A.contiguous(), Bt = transposed_copy<scalar_t>(B);
       ArgmaxArgs<scalar_t> p{Ac.data_ptr<scalar_t>(), Bt.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(),
                              idx.data_ptr<int32_t>(), batch, m, n, k, kc};
       const auto& kt = table_for<scalar_t>();
@@ -109,44 +142,41 @@ std::tuple<at::Tensor, at::Tensor> hard_forward(const at::Tensor& A_in, const at
 }
 
 // Scatter of the hard gradient: each output's gradient goes to the one operand
-// element that produced it (argmax r, then A if A <= B else B). Two passes so
-// that every thread owns what it writes: rows of dA, columns of dB.
+// element the forward recorded (encode_winner). Two passes so that every
+// thread owns what it writes: rows of dA, then column tiles of dB.
 std::tuple<at::Tensor, at::Tensor> hard_backward(const at::Tensor& grad_in, const at::Tensor& A_in,
-                                                 const at::Tensor& B_in, const at::Tensor& idx_in) {
+                                                 const at::Tensor& B_in, const at::Tensor& winners_in) {
   check_3d(A_in, B_in);
   const auto ct = compute_type(A_in.scalar_type());
-  const at::Tensor A = A_in.to(ct), B = B_in.to(ct);
-  const at::Tensor G = grad_in.to(ct).contiguous(), idx = idx_in.contiguous();
-  const int64_t batch = A.size(0), m = A.size(1), k = A.size(2), n = B.size(2);
-  TORCH_CHECK(idx.sizes() == at::IntArrayRef({batch, m, n}) && idx.scalar_type() == at::kInt,
-              "vico_flow._C.hard_backward: argmax must be int32 [b,m,n]");
-  at::Tensor dA = at::zeros({batch, m, k}, A.options()), dB = at::zeros({batch, k, n}, A.options());
+  const int64_t batch = A_in.size(0), m = A_in.size(1), k = A_in.size(2), n = B_in.size(2);
+  const at::Tensor G = grad_in.to(ct).contiguous(), win = winners_in.contiguous();
+  TORCH_CHECK(win.sizes() == at::IntArrayRef({batch, m, n}) && win.scalar_type() == at::kInt,
+              "vico_flow._C.hard_backward: winners must be int32 [b,m,n]");
+  at::Tensor dA = at::zeros({batch, m, k}, A_in.options().dtype(ct));
+  at::Tensor dB = at::zeros({batch, k, n}, A_in.options().dtype(ct));
   if (k > 0 && m > 0 && n > 0) {
     AT_DISPATCH_FLOATING_TYPES(ct, "vico_flow_hard_backward", [&] {
-      const auto a = A.accessor<scalar_t, 3>();
-      const auto b = B.accessor<scalar_t, 3>();
       const scalar_t* g = G.data_ptr<scalar_t>();
-      const int32_t* ix = idx.data_ptr<int32_t>();
-      auto da = dA.accessor<scalar_t, 3>();
-      auto db = dB.accessor<scalar_t, 3>();
+      const int32_t* w = win.data_ptr<int32_t>();
+      scalar_t* da = dA.data_ptr<scalar_t>();
+      scalar_t* db = dB.data_ptr<scalar_t>();
       run_tasks(batch * m, [&](int64_t t) {
-        const int64_t bi = t / m, i = t % m;
-        const int64_t off = (bi * m + i) * n;
-        for (int64_t j = 0; j < n; ++j) {
-          const int64_t r = ix[off + j];
-          if (r >= 0 && grad_goes_to_a(a[bi][i][r], b[bi][r][j])) da[bi][i][r] += g[off + j];
-        }
+        const int32_t* wr = w + t * n;
+        const scalar_t* gr = g + t * n;
+        scalar_t* out = da + t * k;
+        for (int64_t j = 0; j < n; ++j)
+          if (winner_to_a(wr[j])) out[wr[j]] += gr[j];
       });
       constexpr int64_t kCols = 64;
       const int64_t col_tiles = ceil_div(n, kCols);
       run_tasks(batch * col_tiles, [&](int64_t t) {
         const int64_t bi = t / col_tiles, j0 = (t % col_tiles) * kCols, j1 = std::min(n, j0 + kCols);
+        scalar_t* out = db + bi * k * n;
         for (int64_t i = 0; i < m; ++i) {
-          const int64_t off = (bi * m + i) * n;
-          for (int64_t j = j0; j < j1; ++j) {
-            const int64_t r = ix[off + j];
-            if (r >= 0 && !grad_goes_to_a(a[bi][i][r], b[bi][r][j])) db[bi][r][j] += g[off + j];
-          }
+          const int32_t* wr = w + (bi * m + i) * n;
+          const scalar_t* gr = g + (bi * m + i) * n;
+          for (int64_t j = j0; j < j1; ++j)
+            if (!winner_to_a(wr[j])) out[winner_index(wr[j]) * n + j] += gr[j];
         }
       });
     });
@@ -214,7 +244,7 @@ std::tuple<at::Tensor, at::Tensor> soft_backward(const at::Tensor& grad_in, cons
     const at::Tensor At = A.transpose(1, 2);
     dB = soft_grad_rhs<scalar_t>(At, B, C, G, tau);
     // C^T = B^T (max,min) A^T: dA^T is the right-hand gradient of that product.
-    dA = soft_grad_rhs<scalar_t>(B, At, C.transpose(1, 2), G.transpose(1, 2), tau).transpose(1, 2);
+    dA = soft_grad_rhs<scalar_t>(B, At, C.transpose(1, 2), G.transpose(1, 2), tau).transpose(1, 2).contiguous();
   });
   return {dA.to(A_in.scalar_type()), dB.to(A_in.scalar_type())};
 }
@@ -246,8 +276,8 @@ std::vector<std::string> available_isas() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace c = vico_flow::cpu;
   m.doc() = "vico_flow compiled kernels (private: use vico_flow.minmax_matmul and friends)";
-  m.def("hard_forward", &c::hard_forward, "A (max,min) B on CPU; returns (C, argmax r or empty)");
-  m.def("hard_backward", &c::hard_backward, "scatter of the hard gradient through argmax");
+  m.def("hard_forward", &c::hard_forward, "A (max,min) B on CPU; returns (C, encoded winners or empty)");
+  m.def("hard_backward", &c::hard_backward, "scatter of the hard gradient to the recorded winners");
   m.def("soft_forward", &c::soft_forward, "log-sum-exp (max,min) product on CPU");
   m.def("soft_backward", &c::soft_backward, "gradients of the soft product, recomputed from A, B, C");
   m.def("set_cpu_isa", &c::set_isa, "force the float32 kernel instruction set: auto|avx512|avx2|scalar");

@@ -57,9 +57,8 @@ struct Avx2 {
     return _mm256_mul_ps(r, _mm256_fnmadd_ps(x, r, _mm256_set1_ps(2.0f)));
   }
   static void store_lanes(float* out, reg v) { _mm256_storeu_ps(out, v); }
-  static int first_eq(reg x, float h) {
-    const int bits = _mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_set1_ps(h), _CMP_EQ_OQ));
-    return bits ? __builtin_ctz(bits) : -1;
+  static uint32_t eq_mask(reg x, float h) {
+    return uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_set1_ps(h), _CMP_EQ_OQ)));
   }
   static void merge_max(float* c, reg acc) { _mm256_storeu_ps(c, _mm256_max_ps(_mm256_loadu_ps(c), acc)); }
   static void merge_max_track(float* c, int32_t* idx, reg acc, int32_t chunk) {

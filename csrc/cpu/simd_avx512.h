@@ -48,10 +48,7 @@ struct Avx512 {
     return _mm512_mul_ps(r, _mm512_fnmadd_ps(x, r, _mm512_set1_ps(2.0f)));
   }
   static void store_lanes(float* out, reg v) { _mm512_storeu_ps(out, v); }
-  static int first_eq(reg x, float h) {
-    const unsigned bits = _mm512_cmp_ps_mask(x, _mm512_set1_ps(h), _CMP_EQ_OQ);
-    return bits ? __builtin_ctz(bits) : -1;
-  }
+  static uint32_t eq_mask(reg x, float h) { return _mm512_cmp_ps_mask(x, _mm512_set1_ps(h), _CMP_EQ_OQ); }
   static void merge_max(float* c, reg acc) { _mm512_storeu_ps(c, _mm512_max_ps(_mm512_loadu_ps(c), acc)); }
   static void merge_max_track(float* c, int32_t* idx, reg acc, int32_t chunk) {
     const __mmask16 gt = _mm512_cmp_ps_mask(acc, _mm512_loadu_ps(c), _CMP_GT_OQ);

@@ -38,8 +38,8 @@ struct Scalar {
   }
   static reg rcp(reg x) { return T(1) / x; }
   static void store_lanes(T* out, reg v) { out[0] = v; }
-  // Lane of the first element equal to h, or -1.
-  static int first_eq(reg x, T h) { return x == h ? 0 : -1; }
+  // Bit l set where lane l equals h.
+  static uint32_t eq_mask(reg x, T h) { return x == h ? 1u : 0u; }
   // c = max(c, acc), elementwise over one vector at c.
   static void merge_max(T* c, reg acc) { *c = tmax(*c, acc); }
   // Same, and record `chunk` where acc strictly beats c (first-chunk ties).

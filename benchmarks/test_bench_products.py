@@ -1,0 +1,79 @@
+"""Tropical products on the CPU against torch.matmul and the chunked reference.
+
+Groups: "<shape> <product> <phase>", each with the kernel, torch.matmul on the
+same shapes (fwd: one matmul; fwd+bwd: the matmul and its two gradient
+matmuls) and the reference where it fits the default time budget
+(--bench-large adds it everywhere). Inputs are uniform in [0, 1).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import vico_flow
+from vico_flow import reference
+
+from .memory import peak_rss_extra_mb
+
+TAU = 0.01
+# name -> (A shape, B shape); "thin" is flow propagation (K=4 source rows through
+# a 4096-token layer), "batched" 2560 per-pixel temporal blocks of 16 frames.
+SHAPES = {
+    "256^3": ((256, 256), (256, 256)),
+    "1024^3": ((1024, 1024), (1024, 1024)),
+    "2048^3": ((2048, 2048), (2048, 2048)),
+    "thin 4x4096x4096": ((4, 4096), (4096, 4096)),
+    "batched 2560x[4x16x16]": ((2560, 4, 16), (2560, 16, 16)),
+}
+# The reference costs 100-4000x matmul: only where it stays in seconds by default.
+REFERENCE_DEFAULT = {"256^3", "thin 4x4096x4096", "batched 2560x[4x16x16]"}
+
+
+def _operands(shape, requires_grad=False):
+    g = torch.Generator().manual_seed(0)
+    A = torch.rand(SHAPES[shape][0], generator=g).requires_grad_(requires_grad)
+    B = torch.rand(SHAPES[shape][1], generator=g).requires_grad_(requires_grad)
+    return A, B
+
+
+def _fwd(f, A, B):
+    with torch.no_grad():
+        return f(A, B)
+
+
+def _fwd_bwd(f, A, B):
+    A.grad = B.grad = None
+    out = f(A, B)
+    out.backward(torch.ones_like(out))
+    return out
+
+
+PRODUCTS = {
+    "hard": (vico_flow.minmax_matmul, reference.minmax_matmul),
+    "soft": (lambda A, B: vico_flow.soft_minmax_matmul(A, B, TAU), lambda A, B: reference.soft_minmax_matmul(A, B, TAU)),
+}
+
+
+def _rounds(shape):
+    return {"256^3": 20, "1024^3": 5, "2048^3": 2}.get(shape, 5)
+
+
+@pytest.mark.parametrize("phase", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("product", list(PRODUCTS))
+@pytest.mark.parametrize("impl", ["kernel", "torch.matmul", "reference"])
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_product(benchmark, bench_large, shape, product, phase, impl):
+    if impl == "reference" and (phase == "fwd+bwd" or (shape not in REFERENCE_DEFAULT and not bench_large)):
+        pytest.skip("reference timed only for forward at the default sizes (--bench-large for more)")
+    kernel, ref = PRODUCTS[product]
+    f = {"kernel": kernel, "torch.matmul": torch.matmul, "reference": ref}[impl]
+    A, B = _operands(shape, requires_grad=phase == "fwd+bwd")
+    run = (lambda: _fwd(f, A, B)) if phase == "fwd" else (lambda: _fwd_bwd(f, A, B))
+    benchmark.group = f"{shape} {product} {phase}"
+    benchmark.extra_info["impl"] = impl
+    rounds = 1 if impl == "reference" else _rounds(shape)
+    benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=1 if impl != "reference" else 0)
+    if impl == "kernel" and phase == "fwd+bwd" and shape in ("1024^3", "2048^3"):
+        # Beyond inputs, outputs and gradients (which fwd+bwd must hold anyway).
+        n_io = sum(t.numel() * t.element_size() for t in (A, B)) * 2 + A.shape[0] * B.shape[1] * 4 * 2
+        benchmark.extra_info["peak_extra_mb"] = peak_rss_extra_mb(run) - n_io / 2**20

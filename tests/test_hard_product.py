@@ -1,0 +1,154 @@
+"""The hard (max, min) product: bit-identical to the reference, gradient routed
+by the documented tie rules, on every instruction set, dtype and layout."""
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import vico_flow
+from vico_flow import reference
+
+from .helpers import DTYPES, rand
+
+dims = st.integers(0, 130)
+
+
+def check_exact(A, B, backend="cpu"):
+    C, idx = vico_flow.minmax_matmul_with_argmax(A, B, backend=backend)
+    C_ref, idx_ref = reference.minmax_matmul_argmax(A, B)
+    assert C.dtype == A.dtype and C.shape == C_ref.shape
+    assert torch.equal(C, C_ref)
+    assert torch.equal(idx.long(), idx_ref)
+    assert torch.equal(vico_flow.minmax_matmul(A, B, backend=backend), C_ref)
+
+
+@given(m=dims, k=dims, n=dims, kind=st.sampled_from(["uniform", "ties", "inf"]), seed=st.integers(0, 2**16))
+def test_random_shapes_bit_identical(isa, m, k, n, kind, seed):
+    g = torch.Generator().manual_seed(seed)
+    check_exact(rand(m, k, kind=kind, gen=g), rand(k, n, kind=kind, gen=g))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["uniform", "ties", "inf"])
+def test_dtypes(isa, dtype, kind):
+    g = torch.Generator().manual_seed(1)
+    check_exact(rand(2, 37, 70, dtype=dtype, kind=kind, gen=g), rand(2, 70, 45, dtype=dtype, kind=kind, gen=g))
+
+
+@pytest.mark.parametrize(
+    "a_shape,b_shape",
+    [((3, 1, 5, 7), (4, 7, 6)), ((5, 7), (2, 3, 7, 6)), ((2, 1, 5, 7), (1, 3, 7, 6)), ((0, 5, 7), (7, 6))],
+)
+def test_batch_broadcasting(a_shape, b_shape):
+    g = torch.Generator().manual_seed(2)
+    A, B = rand(*a_shape, gen=g), rand(*b_shape, gen=g)
+    C = vico_flow.minmax_matmul(A, B)
+    assert C.shape == torch.matmul(A, B).shape
+    check_exact(A, B)
+
+
+def test_noncontiguous_inputs(isa):
+    g = torch.Generator().manual_seed(3)
+    base_a, base_b = rand(90, 140, gen=g), rand(150, 80, gen=g)
+    cases = [
+        (base_a.t()[:, :70], base_b[:70, :]),  # transposed A: [140, 70]
+        (base_a[:, :80], base_b.t()),  # transposed B: [80, 150]
+        (base_a[::2, 1:101:2], base_b[::3, ::2][:50]),  # strided slices
+        (base_a[None].expand(3, -1, -1)[:, :, :130], base_b[:130]),  # expanded batch
+    ]
+    for A, B in cases:
+        assert not (A.is_contiguous() and B.is_contiguous())
+        check_exact(A, B)
+
+
+def test_empty_and_degenerate_shapes():
+    for m, k, n in [(0, 4, 3), (4, 0, 3), (4, 3, 0), (0, 0, 0), (1, 1, 1)]:
+        A, B = torch.rand(m, k), torch.rand(k, n)
+        check_exact(A, B)
+    C = vico_flow.minmax_matmul(torch.rand(2, 3, 0), torch.rand(2, 0, 4))
+    assert C.shape == (2, 3, 4) and bool((C == -math.inf).all())
+
+
+def test_infinities_are_edges():
+    A = torch.tensor([[-math.inf, 1.0], [math.inf, math.inf]])
+    B = torch.tensor([[5.0, math.inf], [0.5, -math.inf]])
+    C = vico_flow.minmax_matmul(A, B)
+    assert torch.equal(C, torch.tensor([[0.5, -math.inf], [5.0, math.inf]]))
+
+
+def _grads(A, B, g, backend):
+    A = A.detach().clone().requires_grad_()
+    B = B.detach().clone().requires_grad_()
+    vico_flow.minmax_matmul(A, B, backend=backend).backward(g)
+    return A.grad, B.grad
+
+
+@pytest.mark.parametrize("kind", ["uniform", "ties", "inf"])
+def test_gradient_routing_matches_reference(isa, kind):
+    # float64 with small-integer upstream gradients: every sum is exact, so the
+    # routing must agree element for element.
+    g = torch.Generator().manual_seed(4)
+    A, B = rand(3, 41, 77, dtype=torch.float64, kind=kind, gen=g), rand(77, 53, dtype=torch.float64, kind=kind, gen=g)
+    up = torch.randint(-3, 4, (3, 41, 53)).double()
+    for backend in ("cpu", "reference"):
+        dA, dB = _grads(A, B, up, backend)
+        C, idx = reference.minmax_matmul_argmax(A, B)
+        rA, rB = reference.minmax_matmul_backward(up, A, B.expand(3, -1, -1), idx)
+        assert torch.equal(dA, rA)
+        assert torch.equal(dB, rB.sum(0))
+
+
+def test_tie_rules_by_hand():
+    # All mins equal 1: the gradient goes to r = 0, and to A because A <= B there.
+    A = torch.tensor([[1.0, 1.0, 1.0]], requires_grad=True)
+    B = torch.tensor([[1.0], [2.0], [1.0]], requires_grad=True)
+    vico_flow.minmax_matmul(A, B).backward(torch.ones(1, 1))
+    assert torch.equal(A.grad, torch.tensor([[1.0, 0.0, 0.0]]))
+    assert torch.equal(B.grad, torch.zeros(3, 1))
+    # B strictly smaller at the first maximal r: B gets it.
+    A = torch.tensor([[3.0, 1.0]], requires_grad=True)
+    B = torch.tensor([[1.0], [1.0]], requires_grad=True)
+    vico_flow.minmax_matmul(A, B).backward(torch.ones(1, 1))
+    assert torch.equal(A.grad, torch.zeros(1, 2)) and torch.equal(B.grad, torch.tensor([[1.0], [0.0]]))
+
+
+def test_ties_across_depth_chunks():
+    # The CPU kernel tracks the winning depth chunk (64 wide with argmax): equal
+    # maxima in later chunks must not move the argmax off the first r.
+    k = 300
+    A = torch.zeros(4, k)
+    B = torch.zeros(k, 70)
+    A[:, [5, 64, 130, 299]] = 1.0
+    B[[5, 64, 130, 299], :] = 1.0
+    C, idx = vico_flow.minmax_matmul_with_argmax(A, B)
+    assert bool((C == 1).all()) and bool((idx == 5).all())
+    A[:, 5] = 0.5
+    B[200, :] = 7.0
+    A[:, 200] = 1.0
+    C, idx = vico_flow.minmax_matmul_with_argmax(A, B)
+    assert bool((idx == 64).all())
+
+
+def test_half_precision_grads_match_reference(isa):
+    g = torch.Generator().manual_seed(5)
+    for dtype in (torch.float16, torch.bfloat16):
+        A, B = rand(20, 30, dtype=dtype, kind="ties", gen=g), rand(30, 25, dtype=dtype, kind="ties", gen=g)
+        up = torch.ones(20, 25, dtype=dtype)
+        dA, dB = _grads(A, B, up, "cpu")
+        rA, rB = _grads(A, B, up, "reference")
+        assert dA.dtype == dtype and torch.equal(dA, rA) and torch.equal(dB, rB)
+
+
+def test_gradcheck_float64():
+    g = torch.Generator().manual_seed(6)
+    A = rand(2, 6, 9, dtype=torch.float64, gen=g).requires_grad_()
+    B = rand(9, 5, dtype=torch.float64, gen=g).requires_grad_()
+    assert torch.autograd.gradcheck(vico_flow.minmax_matmul, (A, B))
+
+
+def test_no_grad_needed_skips_argmax():
+    A, B = torch.rand(8, 9), torch.rand(9, 7)
+    C, idx = torch.ops.vico_flow.minmax_mm(A[None], B[None], "cpu", False)
+    assert idx.numel() == 0 and torch.equal(C[0], reference.minmax_matmul(A, B))

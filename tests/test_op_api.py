@@ -1,0 +1,105 @@
+"""The public API of the products: custom-op registration (opcheck, compile),
+backends, and a clear error for every bad input."""
+import math
+
+import pytest
+import torch
+
+import vico_flow
+from vico_flow import reference
+
+FUNCS = {
+    "minmax_matmul": lambda A, B, **kw: vico_flow.minmax_matmul(A, B, **kw),
+    "soft_minmax_matmul": lambda A, B, **kw: vico_flow.soft_minmax_matmul(A, B, 0.1, **kw),
+}
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_opcheck(backend):
+    A = torch.rand(2, 5, 7, dtype=torch.float64, requires_grad=True)
+    B = torch.rand(2, 7, 3, dtype=torch.float64, requires_grad=True)
+    ops = torch.ops.vico_flow
+    torch.library.opcheck(ops.minmax_mm.default, (A, B, backend, True))
+    torch.library.opcheck(ops.minmax_mm.default, (A.detach(), B.detach(), backend, False))
+    torch.library.opcheck(ops.soft_minmax_mm.default, (A, B, 0.1, backend))
+    g = torch.rand(2, 5, 3, dtype=torch.float64)
+    _, idx = ops.minmax_mm(A.detach(), B.detach(), backend, True)
+    C = ops.soft_minmax_mm(A.detach(), B.detach(), 0.1, backend)
+    torch.library.opcheck(ops.minmax_mm_backward.default, (g, A.detach(), B.detach(), idx, backend))
+    torch.library.opcheck(ops.soft_minmax_mm_backward.default, (g, A.detach(), B.detach(), C, 0.1, backend))
+
+
+def test_torch_compile_forward_and_backward():
+    def f(A, B, F):
+        return vico_flow.soft_minmax_matmul(vico_flow.minmax_matmul(A, B) * 0.5, F, 0.05).sum()
+
+    A = torch.rand(3, 9, 11, requires_grad=True)
+    B = torch.rand(11, 8, requires_grad=True)
+    F = torch.rand(8, 4)
+    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
+    out = compiled(A, B, F)
+    out.backward()
+    gA, gB = A.grad.clone(), B.grad.clone()
+    A.grad = B.grad = None
+    f(A, B, F).backward()
+    torch.testing.assert_close(out, f(A, B, F))
+    torch.testing.assert_close(gA, A.grad)
+    torch.testing.assert_close(gB, B.grad)
+
+
+def test_meta_tensors_give_shapes():
+    A = torch.empty(4, 1, 5, 7, device="meta")
+    B = torch.empty(3, 7, 2, device="meta")
+    assert vico_flow.minmax_matmul(A, B).shape == (4, 3, 5, 2)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_backends_agree(backend):
+    A, B = torch.rand(3, 20, 30), torch.rand(30, 10)
+    assert torch.equal(vico_flow.minmax_matmul(A, B, backend=backend), reference.minmax_matmul(A, B))
+    assert "cpu" in vico_flow.available_backends() and "reference" in vico_flow.available_backends()
+
+
+def _raises(exc, match, fn, *args, **kw):
+    with pytest.raises(exc, match=match):
+        fn(*args, **kw)
+
+
+@pytest.mark.parametrize("name", FUNCS)
+def test_bad_inputs_raise_clear_errors(name):
+    f = FUNCS[name]
+    A, B = torch.rand(3, 4), torch.rand(4, 5)
+    _raises(ValueError, r"inner dimensions differ.*k=4.*k=3", f, A, torch.rand(3, 5))
+    _raises(TypeError, r"same dtype.*float32.*float64", f, A, B.double())
+    _raises(TypeError, r"A has dtype torch.int64; expected float16", f, A.long(), B.long())
+    _raises(TypeError, r"B has dtype torch.complex64", f, A, B.to(torch.complex64))
+    _raises(TypeError, r"A must be a torch.Tensor, got list", f, [[1.0]], B)
+    _raises(ValueError, r"A must have at least 2 dimensions.*\(4,\)", f, torch.rand(4), B)
+    _raises(ValueError, r"B must have at least 2 dimensions.*\(\)", f, A, torch.tensor(1.0))
+    _raises(ValueError, r"same device.*meta", f, A, B.to("meta"))
+    _raises(ValueError, r"batch dimensions.*\(2,\).*\(3,\).*do not broadcast", f, torch.rand(2, 3, 4), torch.rand(3, 4, 5))
+    A_nan = A.clone()
+    A_nan[1, 2] = math.nan
+    _raises(ValueError, r"A contains NaN \(first at index \(0, 1, 2\)\)", f, A_nan, B)
+    B_nan = B.clone()
+    B_nan[0, 0] = math.nan
+    _raises(ValueError, r"B contains NaN", f, A, B_nan)
+    _raises(ValueError, r"backend must be one of", f, A, B, backend="gpu")
+    if not torch.cuda.is_available():
+        _raises(ValueError, r"backend 'cuda' is not available", f, A, B, backend="cuda")
+
+
+def test_bad_tau():
+    A, B = torch.rand(3, 4), torch.rand(4, 5)
+    for tau in (0.0, -1.0, math.inf, math.nan):
+        _raises(ValueError, r"tau must be a finite number > 0", vico_flow.soft_minmax_matmul, A, B, tau)
+    _raises(TypeError, r"tau must be a real number, got str", vico_flow.soft_minmax_matmul, A, B, "0.1")
+    _raises(TypeError, r"tau must be a real number", vico_flow.soft_minmax_matmul, A, B, torch.tensor(0.1))
+
+
+def test_isa_selection_errors():
+    from vico_flow import _backends
+
+    ext = _backends.compiled_extension()
+    _raises(ValueError, r"isa must be 'auto', 'avx512', 'avx2' or 'scalar'", ext.set_cpu_isa, "sse9")
+    assert ext.cpu_isa() in ext.available_cpu_isas()

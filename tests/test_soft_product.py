@@ -1,0 +1,162 @@
+"""The soft (log-sum-exp) product: close to the float64 reference, within its
+bounds, stable at small tau, with gradients that match the closed form."""
+import math
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import vico_flow
+from vico_flow import reference
+
+from .helpers import DTYPES, rand
+
+
+def soft_ref64(A, B, tau):
+    return reference.soft_minmax_matmul(A.double(), B.double(), tau)
+
+
+@given(
+    m=st.integers(0, 70),
+    k=st.integers(0, 130),
+    n=st.integers(0, 70),
+    tau=st.sampled_from([0.01, 0.1, 1.0]),
+    kind=st.sampled_from(["uniform", "wide"]),
+    seed=st.integers(0, 2**16),
+)
+def test_matches_float64_reference(isa, m, k, n, tau, kind, seed):
+    g = torch.Generator().manual_seed(seed)
+    A, B = rand(m, k, kind=kind, gen=g), rand(k, n, kind=kind, gen=g)
+    S = vico_flow.soft_minmax_matmul(A, B, tau, backend="cpu")
+    truth = soft_ref64(A, B, tau)
+    assert S.dtype == torch.float32
+    torch.testing.assert_close(S.double(), truth, rtol=1e-5, atol=1e-6 * max(1.0, tau))
+
+
+def test_error_at_most_twice_the_float32_reference(isa):
+    # flash-attention style: the kernel may not be less accurate than the
+    # obvious float32 formula (up to 2x and a rounding-level floor).
+    g = torch.Generator().manual_seed(7)
+    for tau in (0.01, 0.3):
+        A, B = rand(4, 50, 200, gen=g), rand(4, 200, 60, gen=g)
+        truth = soft_ref64(A, B, tau)
+        kernel_err = (vico_flow.soft_minmax_matmul(A, B, tau).double() - truth).abs().max()
+        ref_err = (reference.soft_minmax_matmul(A, B, tau).double() - truth).abs().max()
+        assert kernel_err <= 2 * ref_err + 1e-7
+
+
+@pytest.mark.parametrize("tau", [0.005, 0.01, 0.1, 2.0])
+def test_bounds(isa, tau):
+    g = torch.Generator().manual_seed(8)
+    for kind in ("uniform", "wide", "inf"):
+        A, B = rand(3, 33, 150, kind=kind, gen=g), rand(150, 40, kind=kind, gen=g)
+        S = vico_flow.soft_minmax_matmul(A, B, tau).double()
+        lo, hi = reference.soft_minmax_bounds(reference.minmax_matmul(A, B).double(), tau, 150)
+        slack = 1e-6 * (1 + lo.abs().nan_to_num(posinf=0, neginf=0))
+        assert bool(((S >= lo - slack) | (S == lo)).all()) and bool(((S <= hi + slack) | (S == hi)).all())
+
+
+def test_converges_to_hard_as_tau_shrinks(isa):
+    g = torch.Generator().manual_seed(9)
+    A, B = rand(20, 64, gen=g), rand(64, 30, gen=g)
+    H = reference.minmax_matmul(A, B)
+    gaps = [(vico_flow.soft_minmax_matmul(A, B, tau) - H).abs().max().item() for tau in (1.0, 0.1, 0.01, 0.001)]
+    assert all(b < a for a, b in zip(gaps, gaps[1:]))
+    assert gaps[-1] <= 0.001 * math.log(64) + 1e-6
+
+
+@pytest.mark.parametrize("scale", [2.0, 100.0, 1e4])
+def test_stable_at_small_tau_and_large_values(isa, scale):
+    g = torch.Generator().manual_seed(10)
+    A, B = torch.rand(30, 257, generator=g) * scale, torch.rand(257, 31, generator=g) * scale
+    for tau in (0.01, 1e-4):
+        S = vico_flow.soft_minmax_matmul(A, B, tau)
+        assert bool(torch.isfinite(S).all())
+        torch.testing.assert_close(S.double(), soft_ref64(A, B, tau), rtol=1e-5, atol=1e-6)
+        A_ = A.clone().requires_grad_()
+        vico_flow.soft_minmax_matmul(A_, B, tau).sum().backward()
+        assert bool(torch.isfinite(A_.grad).all())
+
+
+def test_infinities_match_reference(isa):
+    g = torch.Generator().manual_seed(11)
+    A, B = rand(17, 40, kind="inf", gen=g), rand(40, 19, kind="inf", gen=g)
+    A[0] = -math.inf  # a row with no edge at all
+    B[:, 0] = math.inf
+    S = vico_flow.soft_minmax_matmul(A, B, 0.05)
+    torch.testing.assert_close(S.double(), soft_ref64(A, B, 0.05), rtol=1e-5, atol=1e-6)
+    assert bool((S[0] == -math.inf).all())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_dtypes(dtype):
+    g = torch.Generator().manual_seed(12)
+    A, B = rand(2, 21, 70, dtype=dtype, gen=g), rand(70, 23, dtype=dtype, gen=g)
+    S = vico_flow.soft_minmax_matmul(A, B, 0.02)
+    assert S.dtype == dtype
+    expected = reference.soft_minmax_matmul(A, B, 0.02)  # same dtype policy: float32 inside
+    torch.testing.assert_close(S, expected, rtol=1e-5, atol=1e-6) if dtype in (
+        torch.float32,
+        torch.float64,
+    ) else torch.testing.assert_close(S.float(), expected.float(), rtol=0, atol=0.01)
+
+
+def test_broadcast_and_noncontiguous(isa):
+    g = torch.Generator().manual_seed(13)
+    A = rand(3, 1, 80, 40, gen=g).transpose(-1, -2)[..., :33, :]  # [3, 1, 33, 80] strided
+    B = rand(2, 80, 50, gen=g)[:, :, ::2]  # [2, 80, 25] strided
+    S = vico_flow.soft_minmax_matmul(A, B, 0.05)
+    assert S.shape == (3, 2, 33, 25)
+    torch.testing.assert_close(S.double(), soft_ref64(A, B, 0.05), rtol=1e-5, atol=1e-6)
+
+
+def _grads(A, B, up, tau, backend):
+    A = A.detach().clone().requires_grad_()
+    B = B.detach().clone().requires_grad_()
+    vico_flow.soft_minmax_matmul(A, B, tau, backend=backend).backward(up)
+    return A.grad, B.grad
+
+
+@pytest.mark.parametrize("tau", [0.01, 0.2])
+@pytest.mark.parametrize("kind", ["uniform", "wide", "inf"])
+def test_gradients_match_reference(isa, tau, kind):
+    g = torch.Generator().manual_seed(14)
+    A, B = rand(2, 45, 150, kind=kind, gen=g), rand(150, 70, kind=kind, gen=g)
+    up = torch.randn(2, 45, 70, generator=g)
+    dA, dB = _grads(A, B, up, tau, "cpu")
+    rA, rB = _grads(A.double(), B.double(), up.double(), tau, "reference")
+    for got, want in ((dA, rA), (dB, rB)):
+        assert bool(torch.isfinite(got).all())
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4 * want.abs().max().item() + 1e-7)
+
+
+def test_reference_backward_is_the_autograd_of_the_reference():
+    g = torch.Generator().manual_seed(15)
+    A = rand(1, 7, 11, dtype=torch.float64, gen=g).requires_grad_()
+    B = rand(1, 11, 6, dtype=torch.float64, gen=g).requires_grad_()
+    up = torch.randn(1, 7, 6, dtype=torch.float64, generator=g)
+    C = reference.soft_minmax_matmul(A, B, 0.1)
+    C.backward(up)
+    dA, dB = reference.soft_minmax_matmul_backward(up, A.detach(), B.detach(), C.detach(), 0.1)
+    torch.testing.assert_close(dA, A.grad)
+    torch.testing.assert_close(dB, B.grad)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_gradcheck_float64(backend):
+    g = torch.Generator().manual_seed(16)
+    A = rand(2, 5, 8, dtype=torch.float64, gen=g).requires_grad_()
+    B = rand(8, 6, dtype=torch.float64, gen=g).requires_grad_()
+    for tau in (0.05, 0.5):
+        assert torch.autograd.gradcheck(lambda a, b: vico_flow.soft_minmax_matmul(a, b, tau, backend=backend), (A, B))
+
+
+def test_backward_memory_is_inputs_plus_outputs():
+    # The saved state of the soft op is A, B and C: no [m, k, n] tensor.
+    A = torch.rand(64, 96, requires_grad=True)
+    B = torch.rand(96, 80, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        vico_flow.soft_minmax_matmul(A, B)
+    assert sum(saved) <= 64 * 96 + 96 * 80 + 64 * 80
