@@ -33,7 +33,14 @@ struct HardArgs {
   T* c;            // contiguous [batch, m, n]
   int32_t* chunk;  // nullable; contiguous [batch, m, n]: depth chunk of the first max
   int64_t batch, m, n, k, kc, mc;
-  int64_t num_tasks() const { return batch * ceil_div(m, mc) * ceil_div(n, kHardNC); }
+  // Many small products (n below one register tile, k within one chunk, e.g.
+  // the per-pixel temporal blocks of a video): a task takes kSmallBatch whole
+  // products and skips the cache tiling, whose padding would waste most lanes.
+  static constexpr int64_t kSmallBatch = 32;
+  bool small() const { return n <= 32 && k <= kc && m <= 64; }
+  int64_t num_tasks() const {
+    return small() ? ceil_div(batch, kSmallBatch) : batch * ceil_div(m, mc) * ceil_div(n, kHardNC);
+  }
 };
 
 template <class T>

@@ -125,7 +125,39 @@ struct Kernels {
     }
   }
 
+  // HardArgs::small(): whole products, one output row at a time, W columns per
+  // vector. B is gathered into a row-major buffer first (it may be strided).
+  static void hard_small(const HardArgs<T>& p, int64_t task) {
+    thread_local std::vector<T> bbuf;
+    const int64_t npad = ceil_div(p.n, W) * W;
+    bbuf.resize(size_t(std::max<int64_t>(p.k * npad, 1)));
+    const int64_t b_end = std::min(p.batch, (task + 1) * HardArgs<T>::kSmallBatch);
+    for (int64_t bi = task * HardArgs<T>::kSmallBatch; bi < b_end; ++bi) {
+      const T* a = p.a + bi * p.a_sb;
+      const T* b = p.b + bi * p.b_sb;
+      for (int64_t r = 0; r < p.k; ++r)
+        for (int64_t j = 0; j < npad; ++j) bbuf[size_t(r * npad + j)] = j < p.n ? b[r * p.b_sr + j * p.b_sj] : neg_inf();
+      // Four rows at a time: four independent max chains hide the latency.
+      constexpr int RB = 4;
+      for (int64_t i0 = 0; i0 < p.m; i0 += RB) {
+        const int rows = int(std::min<int64_t>(RB, p.m - i0));
+        for (int64_t j0 = 0; j0 < p.n; j0 += W) {
+          reg acc[RB];
+          for (int ii = 0; ii < RB; ++ii) acc[ii] = V::set1(neg_inf());
+          for (int64_t r = 0; r < p.k; ++r) {
+            const reg bv = V::load(bbuf.data() + r * npad + j0);
+            for (int ii = 0; ii < rows; ++ii)
+              acc[ii] = V::max(acc[ii], V::min(V::set1(a[(i0 + ii) * p.a_si + r * p.a_sr]), bv));
+          }
+          for (int ii = 0; ii < rows; ++ii) V::store_partial(p.c + (bi * p.m + i0 + ii) * p.n + j0, acc[ii], int(p.n - j0));
+        }
+      }
+      if (p.chunk) std::fill(p.chunk + bi * p.m * p.n, p.chunk + (bi + 1) * p.m * p.n, 0);
+    }
+  }
+
   static void hard(const HardArgs<T>& p, int64_t task) {
+    if (p.small()) return hard_small(p, task);
     const int64_t tiles_n = ceil_div(p.n, kHardNC), tiles_m = ceil_div(p.m, p.mc);
     const int64_t jt = task % tiles_n, it = (task / tiles_n) % tiles_m, bi = task / (tiles_n * tiles_m);
     const int64_t ic = it * p.mc, jc = jt * kHardNC;
@@ -260,11 +292,12 @@ struct Kernels {
             }
           }
         } else {
+          const int nv = int(ceil_div(cols, W));  // vectors that hold columns
           for (int64_t q = 0; q < na; ++q) {
             const int64_t r = active[size_t(q)];
             const reg av = V::set1(as[r]);
             const T* brow = bs + r * p.n + j0;
-            for (int v = 0; v < NV; ++v) {
+            for (int v = 0; v < nv; ++v) {
               const reg bv = V::load_partial(brow + v * W, cols - v * W, T(0));
               acc[v] = V::add(acc[v], V::rcp(V::add(V::exp2(V::sub(hs[v], av)), V::exp2(V::sub(hs[v], bv)))));
             }
@@ -328,10 +361,11 @@ struct Kernels {
           }
           for (int v = 0; v < NV; ++v) V::store(db + j0 + v * W, acc[v]);
         } else {
+          const int nv = int(ceil_div(cols, W));  // vectors that hold columns
           for (int64_t q = 0; q < na; ++q) {
             const int64_t i = active[size_t(q)];
             const reg av = V::set1(at[i]);
-            for (int v = 0; v < NV; ++v) {
+            for (int v = 0; v < nv; ++v) {
               const reg cv = V::load_partial(cs + i * p.n + j0 + v * W, cols - v * W, T(0));
               const reg u = V::exp2(V::sub(cv, av)), w = V::exp2(V::sub(cv, bv[v]));
               const reg pr = V::rcp(V::add(u, w));
