@@ -5,6 +5,7 @@ call, reads VmHWM. Counts every allocation, torch's CPU allocator included.
 """
 from __future__ import annotations
 
+import ctypes
 import gc
 
 
@@ -19,6 +20,8 @@ def _status_kb(field: str) -> int:
 def peak_rss_extra_mb(fn) -> float:
     """MB of peak RSS during fn() above the RSS just before it (Linux only)."""
     gc.collect()
+    # Give freed heap back to the OS first, or reusing it would not show in RSS.
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     before = _status_kb("VmRSS")

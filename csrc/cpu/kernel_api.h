@@ -46,7 +46,8 @@ struct HardArgs {
 template <class T>
 struct ArgmaxArgs {
   const T* a;    // contiguous [batch, m, k]
-  const T* bt;   // contiguous [batch, n, k] (B transposed)
+  const T* bt;   // B[b, r, j] at bt + b*bt_sb + j*bt_sj + r*bt_sr (a contiguous transpose: bt_sr == 1)
+  int64_t bt_sb, bt_sj, bt_sr;
   const T* c;    // contiguous [batch, m, n]
   int32_t* idx;  // in: winning chunk, out: encode_winner(first r reaching C, A <= B there)
   int64_t batch, m, n, k, kc;

@@ -212,35 +212,46 @@ struct Kernels {
     const int64_t seg_bytes = std::min(p.kc, p.k) * int64_t(sizeof(T));
     auto prefetch = [&](int64_t j) {
       const int64_t off = int64_t(idx[j]) * p.kc;
-      const char* pb = reinterpret_cast<const char*>(p.bt + (bi * p.n + j) * p.k + off);
+      const char* pb = reinterpret_cast<const char*>(p.bt + bi * p.bt_sb + j * p.bt_sj + off);
       const char* pa = reinterpret_cast<const char*>(a + off);
       for (int64_t o = 0; o < seg_bytes; o += 64) {
         __builtin_prefetch(pb + o);
         __builtin_prefetch(pa + o);
       }
     };
-    for (int64_t j = j_begin; j < std::min(j_end, j_begin + kAhead); ++j) prefetch(j);
+    const bool contiguous = p.bt_sr == 1;
+    if (contiguous)
+      for (int64_t j = j_begin; j < std::min(j_end, j_begin + kAhead); ++j) prefetch(j);
     for (int64_t j = j_begin; j < j_end; ++j) {
-      if (j + kAhead < j_end) prefetch(j + kAhead);
-      const T* bt = p.bt + (bi * p.n + j) * p.k;
+      const T* bt = p.bt + bi * p.bt_sb + j * p.bt_sj;
       const T h = c[j];
       int64_t r = int64_t(idx[j]) * p.kc;
       const int64_t r1 = std::min(p.k, r + p.kc);
       int64_t found = -1;
-      while (found < 0 && r < r1) {
-        uint64_t bits = 0;
-        int span = 0;  // lanes examined in this window of up to 64
-        for (; span < 64 && r + span < r1; span += W) {
-          const int cnt = int(std::min<int64_t>(W, r1 - r - span));
-          uint64_t lanes = V::eq_mask(V::min(V::load_partial(a + r + span, cnt, T(0)), V::load_partial(bt + r + span, cnt, T(0))), h);
-          if (cnt < W) lanes &= (uint64_t(1) << cnt) - 1;
-          bits |= lanes << span;
+      if (contiguous) {
+        if (j + kAhead < j_end) prefetch(j + kAhead);
+        while (found < 0 && r < r1) {
+          uint64_t bits = 0;
+          int span = 0;  // lanes examined in this window of up to 64
+          for (; span < 64 && r + span < r1; span += W) {
+            const int cnt = int(std::min<int64_t>(W, r1 - r - span));
+            uint64_t lanes =
+                V::eq_mask(V::min(V::load_partial(a + r + span, cnt, T(0)), V::load_partial(bt + r + span, cnt, T(0))), h);
+            if (cnt < W) lanes &= (uint64_t(1) << cnt) - 1;
+            bits |= lanes << span;
+          }
+          if (bits) found = r + __builtin_ctzll(bits);
+          r += span;
         }
-        if (bits) found = r + __builtin_ctzll(bits);
-        r += span;
+      } else {  // few rows: B read in place, down its column
+        for (; r < r1; ++r)
+          if (tmin(a[r], bt[r * p.bt_sr]) == h) {
+            found = r;
+            break;
+          }
       }
       if (found < 0) found = int64_t(idx[j]) * p.kc;  // unreachable: C[i,j] is attained in its chunk
-      idx[j] = encode_winner(found, grad_goes_to_a(a[found], bt[found]));
+      idx[j] = encode_winner(found, grad_goes_to_a(a[found], bt[found * p.bt_sr]));
     }
   }
 

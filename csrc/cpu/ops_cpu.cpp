@@ -131,9 +131,14 @@ std::tuple<at::Tensor, at::Tensor> hard_forward(const at::Tensor& A_in, const at
     const int64_t kc = with_argmax ? kHardKCArgmax : kHardKC;
     hard_into<scalar_t>(A, B, C, with_argmax ? idx.data_ptr<int32_t>() : nullptr, kc);
     if (with_argmax && k > 0) {
-      const at::Tensor Ac = A.contiguous(), Bt = transposed_copy<scalar_t>(B);
-      ArgmaxArgs<scalar_t> p{Ac.data_ptr<scalar_t>(), Bt.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(),
-                             idx.data_ptr<int32_t>(), batch, m, n, k, kc};
+      // The search reads B down its columns: a transposed copy pays off once
+      // there are enough rows to share it; a few flow rows read B in place.
+      const at::Tensor Ac = A.contiguous();
+      const at::Tensor Bt = m >= 32 ? transposed_copy<scalar_t>(B) : B;
+      const bool copied = m >= 32;
+      ArgmaxArgs<scalar_t> p{Ac.data_ptr<scalar_t>(), Bt.data_ptr<scalar_t>(),
+                             copied ? n * k : B.stride(0), copied ? k : B.stride(2), copied ? 1 : B.stride(1),
+                             C.data_ptr<scalar_t>(), idx.data_ptr<int32_t>(), batch, m, n, k, kc};
       const auto& kt = table_for<scalar_t>();
       run_tasks(p.num_tasks(), [&](int64_t t) { kt.argmax(p, t); });
     }
@@ -206,23 +211,36 @@ at::Tensor soft_forward(const at::Tensor& A_in, const at::Tensor& B_in, double t
 
 namespace {
 
-// dC/dB of C = A (soft max,min) B; see Kernels::soft_grad. `At` is A^T.
+// Per row, the minimum over each kSoftJT column tile of Cs where C is finite
+// (+inf when the tile has none): the skip threshold of Kernels::soft_grad.
 template <class T>
-at::Tensor soft_grad_rhs(const at::Tensor& At, const at::Tensor& B, const at::Tensor& C, const at::Tensor& G, double tau) {
-  const int64_t batch = B.size(0), k = B.size(1), n = B.size(2), m = C.size(1);
-  const double s = kLog2e / tau;
-  const at::Tensor finite = at::isfinite(C);
-  const at::Tensor Cs = at::where(finite, C * s, at::zeros({}, C.options())).contiguous();
-  const at::Tensor Gz = at::where(finite, G, at::zeros({}, G.options())).contiguous();
-  // Per-row minimum over each column tile of the finite scaled outputs.
-  const int64_t tiles = ceil_div(n, kSoftJT);
-  at::Tensor padded = at::where(finite, Cs, at::full({}, std::numeric_limits<double>::infinity(), C.options()));
-  if (tiles * kSoftJT != n)
-    padded = at::constant_pad_nd(padded, {0, tiles * kSoftJT - n}, std::numeric_limits<double>::infinity());
-  const at::Tensor cmin = std::get<0>(padded.view({batch, m, tiles, kSoftJT}).min(-1)).contiguous();
-  const at::Tensor Ats = (At * s).contiguous(), Bs = (B * s).contiguous();
-  at::Tensor dB = at::empty({batch, k, n}, B.options());
-  SoftGradArgs<T> p{Ats.data_ptr<T>(), Bs.data_ptr<T>(), Cs.data_ptr<T>(), Gz.data_ptr<T>(), cmin.data_ptr<T>(),
+at::Tensor tile_min_finite(const at::Tensor& Cs, const at::Tensor& not_finite) {
+  const int64_t batch = Cs.size(0), m = Cs.size(1), n = Cs.size(2), tiles = ceil_div(n, kSoftJT);
+  at::Tensor out = at::empty({batch, m, tiles}, Cs.options());
+  const T* c = Cs.data_ptr<T>();
+  const bool* skip = not_finite.data_ptr<bool>();
+  T* o = out.data_ptr<T>();
+  run_tasks(batch * m, [&](int64_t row) {
+    for (int64_t t = 0; t < tiles; ++t) {
+      T best = std::numeric_limits<T>::infinity();
+      for (int64_t j = t * kSoftJT; j < std::min(n, (t + 1) * kSoftJT); ++j)
+        if (!skip[row * n + j]) best = std::min(best, c[row * n + j]);
+      o[row * tiles + t] = best;
+    }
+  });
+  return out;
+}
+
+// dC/dB of C = A (soft max,min) B (see Kernels::soft_grad) from contiguous
+// scaled operands: Ats = A^T s [b,k,m], Bs = B s [b,k,n], Cs = C s and G with
+// zeros where C is not finite [b,m,n], and that mask (bool [b,m,n]).
+template <class T>
+at::Tensor soft_grad_rhs(const at::Tensor& Ats, const at::Tensor& Bs, const at::Tensor& Cs, const at::Tensor& G,
+                         const at::Tensor& not_finite) {
+  const int64_t batch = Bs.size(0), k = Bs.size(1), n = Bs.size(2), m = Cs.size(1);
+  const at::Tensor cmin = tile_min_finite<T>(Cs, not_finite);
+  at::Tensor dB = at::empty({batch, k, n}, Bs.options());
+  SoftGradArgs<T> p{Ats.data_ptr<T>(), Bs.data_ptr<T>(), Cs.data_ptr<T>(), G.data_ptr<T>(), cmin.data_ptr<T>(),
                     dB.data_ptr<T>(), batch, m, n, k, T(soft_cutoff(k > m ? k : m))};
   const auto& kt = table_for<T>();
   run_tasks(p.num_tasks(), [&](int64_t t) { kt.soft_grad(p, t); });
@@ -231,20 +249,32 @@ at::Tensor soft_grad_rhs(const at::Tensor& At, const at::Tensor& B, const at::Te
 
 }  // namespace
 
+// Both gradients of the soft product, recomputed from A, B and C. dC/dA is the
+// right-hand gradient of the transposed product C^T = B^T (max,min) A^T, so one
+// kernel serves both; the scaled operands are shared between the two calls
+// (A^T s and B s swap roles) and the transposed C and G replace the originals,
+// which keeps the temporaries at about five [m,n]-or-[k,n]-sized buffers.
 std::tuple<at::Tensor, at::Tensor> soft_backward(const at::Tensor& grad_in, const at::Tensor& A_in, const at::Tensor& B_in,
                                                  const at::Tensor& C_in, double tau) {
   check_3d(A_in, B_in);
   const auto ct = compute_type(A_in.scalar_type());
-  const at::Tensor A = A_in.to(ct), B = B_in.to(ct), C = C_in.to(ct), G = grad_in.to(ct);
-  const int64_t batch = A.size(0), m = A.size(1), k = A.size(2), n = B.size(2);
+  const int64_t batch = A_in.size(0), m = A_in.size(1), k = A_in.size(2), n = B_in.size(2);
   if (k == 0 || m == 0 || n == 0)
     return {at::zeros({batch, m, k}, A_in.options()), at::zeros({batch, k, n}, A_in.options())};
   at::Tensor dA, dB;
   AT_DISPATCH_FLOATING_TYPES(ct, "vico_flow_soft_backward", [&] {
-    const at::Tensor At = A.transpose(1, 2);
-    dB = soft_grad_rhs<scalar_t>(At, B, C, G, tau);
-    // C^T = B^T (max,min) A^T: dA^T is the right-hand gradient of that product.
-    dA = soft_grad_rhs<scalar_t>(B, At, C.transpose(1, 2), G.transpose(1, 2), tau).transpose(1, 2).contiguous();
+    const double s = kLog2e / tau;
+    const at::Tensor C = C_in.to(ct);
+    at::Tensor not_finite = at::isfinite(C).logical_not_().contiguous();
+    at::Tensor Cs = (C * s).masked_fill_(not_finite, 0).contiguous();
+    at::Tensor G = grad_in.to(ct).masked_fill(not_finite, 0).contiguous();
+    const at::Tensor Ats = transposed_copy<scalar_t>(A_in.to(ct)).mul_(s);  // [b,k,m]
+    const at::Tensor Bs = (B_in.to(ct) * s).contiguous();                   // [b,k,n]
+    dB = soft_grad_rhs<scalar_t>(Ats, Bs, Cs, G, not_finite);
+    Cs = transposed_copy<scalar_t>(Cs);
+    G = transposed_copy<scalar_t>(G);
+    not_finite = transposed_copy<bool>(not_finite);
+    dA = transposed_copy<scalar_t>(soft_grad_rhs<scalar_t>(Bs, Ats, Cs, G, not_finite));
   });
   return {dA.to(A_in.scalar_type()), dB.to(A_in.scalar_type())};
 }
