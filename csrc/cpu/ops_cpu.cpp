@@ -213,18 +213,19 @@ namespace {
 
 // Per row, the minimum over each kSoftJT column tile of Cs where C is finite
 // (+inf when the tile has none): the skip threshold of Kernels::soft_grad.
+// An undefined mask means every C is finite.
 template <class T>
 at::Tensor tile_min_finite(const at::Tensor& Cs, const at::Tensor& not_finite) {
   const int64_t batch = Cs.size(0), m = Cs.size(1), n = Cs.size(2), tiles = ceil_div(n, kSoftJT);
   at::Tensor out = at::empty({batch, m, tiles}, Cs.options());
   const T* c = Cs.data_ptr<T>();
-  const bool* skip = not_finite.data_ptr<bool>();
+  const bool* skip = not_finite.defined() ? not_finite.data_ptr<bool>() : nullptr;
   T* o = out.data_ptr<T>();
   run_tasks(batch * m, [&](int64_t row) {
     for (int64_t t = 0; t < tiles; ++t) {
       T best = std::numeric_limits<T>::infinity();
       for (int64_t j = t * kSoftJT; j < std::min(n, (t + 1) * kSoftJT); ++j)
-        if (!skip[row * n + j]) best = std::min(best, c[row * n + j]);
+        if (!skip || !skip[row * n + j]) best = std::min(best, c[row * n + j]);
       o[row * tiles + t] = best;
     }
   });
@@ -265,15 +266,23 @@ std::tuple<at::Tensor, at::Tensor> soft_backward(const at::Tensor& grad_in, cons
   AT_DISPATCH_FLOATING_TYPES(ct, "vico_flow_soft_backward", [&] {
     const double s = kLog2e / tau;
     const at::Tensor C = C_in.to(ct);
-    at::Tensor not_finite = at::isfinite(C).logical_not_().contiguous();
-    at::Tensor Cs = (C * s).masked_fill_(not_finite, 0).contiguous();
-    at::Tensor G = grad_in.to(ct).masked_fill(not_finite, 0).contiguous();
+    // Outputs at +-inf pass no gradient; the usual all-finite case needs no mask
+    // and no copy of the upstream gradient.
+    at::Tensor not_finite = at::isfinite(C).logical_not_();
+    const bool any_inf = not_finite.any().item<bool>();
+    not_finite = any_inf ? not_finite.contiguous() : at::Tensor();
+    at::Tensor Cs = (C * s).contiguous();
+    at::Tensor G = grad_in.to(ct).contiguous();
+    if (any_inf) {
+      Cs.masked_fill_(not_finite, 0);
+      G = G.masked_fill(not_finite, 0);
+    }
     const at::Tensor Ats = transposed_copy<scalar_t>(A_in.to(ct)).mul_(s);  // [b,k,m]
     const at::Tensor Bs = (B_in.to(ct) * s).contiguous();                   // [b,k,n]
     dB = soft_grad_rhs<scalar_t>(Ats, Bs, Cs, G, not_finite);
     Cs = transposed_copy<scalar_t>(Cs);
     G = transposed_copy<scalar_t>(G);
-    not_finite = transposed_copy<bool>(not_finite);
+    if (any_inf) not_finite = transposed_copy<bool>(not_finite);
     dA = transposed_copy<scalar_t>(soft_grad_rhs<scalar_t>(Bs, Ats, Cs, G, not_finite));
   });
   return {dA.to(A_in.scalar_type()), dB.to(A_in.scalar_type())};
