@@ -5,11 +5,11 @@ A backend is an object with four functions on checked, broadcast 3-D operands
 
     hard_forward(A, B, with_winners) -> (C, winners int32 or empty)
     hard_backward(grad, A, B, winners) -> (dA, dB)
+    soft_forward(A, B, tau) -> C
+    soft_backward(grad, A, B, C, tau) -> (dA, dB)
 
 where `winners` is reference.encode_winners' format: the first r reaching the
 max, stored as r when the gradient goes to A and as ~r when it goes to B.
-    soft_forward(A, B, tau) -> C
-    soft_backward(grad, A, B, C, tau) -> (dA, dB)
 """
 from __future__ import annotations
 
@@ -30,14 +30,11 @@ def _reference_backend():
             return C, idx.new_empty((0,), dtype=torch.int32)
         return C, reference.encode_winners(A, B, idx)
 
-    def hard_backward(grad, A, B, winners):
-        return reference.minmax_matmul_backward(grad, A, B, reference.decode_winners(winners))
-
     return SimpleNamespace(
         name="reference",
         devices=("cpu", "cuda"),
         hard_forward=hard_forward,
-        hard_backward=hard_backward,
+        hard_backward=reference.scatter_winners,
         soft_forward=reference.soft_minmax_matmul,
         soft_backward=reference.soft_minmax_matmul_backward,
     )

@@ -8,12 +8,12 @@ autograd formulas; their bodies pick the backend named by a string argument.
 Ops (namespace ``vico_flow``):
     minmax_mm(A, B, backend, with_argmax) -> (C, winners)
     minmax_mm_backward(grad, A, B, winners, backend) -> (dA, dB)
+    soft_minmax_mm(A, B, tau, backend) -> C
+    soft_minmax_mm_backward(grad, A, B, C, tau, backend) -> (dA, dB)
 
 `winners` (int32 per output, empty when with_argmax is False) holds the first
 r reaching the max, as r when the gradient goes to A and ~r when it goes to B
-(reference.encode_winners); the backward reads nothing else.
-    soft_minmax_mm(A, B, tau, backend) -> C
-    soft_minmax_mm_backward(grad, A, B, C, tau, backend) -> (dA, dB)
+(reference.encode_winners); the hard backward reads nothing else.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from . import _backends
+from .reference import decode_winners
 from ._checks import check_matmul_operands, check_no_nan, check_tau
 
 __all__ = ["minmax_matmul", "minmax_matmul_with_argmax", "soft_minmax_matmul"]
@@ -137,7 +138,7 @@ def minmax_matmul_with_argmax(A: Tensor, B: Tensor, *, backend: str = "auto") ->
     A3, B3, batch, m, n = _flatten(A, B, fn)
     backend = _backends.resolve(backend, A.device, fn)
     C, winners = _minmax_mm(A3, B3, backend, True)
-    idx = torch.where(winners < 0, ~winners, winners)  # reference.decode_winners
+    idx = decode_winners(winners)
     return C.reshape(*batch, m, n), idx.reshape(*batch, m, n)
 
 

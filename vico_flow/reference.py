@@ -85,24 +85,29 @@ def decode_winners(winners: Tensor) -> Tensor:
     return torch.where(winners < 0, ~winners, winners)
 
 
+def scatter_winners(grad: Tensor, A: Tensor, B: Tensor, winners: Tensor) -> tuple[Tensor, Tensor]:
+    """Hard gradients from :func:`encode_winners`' output, for broadcast 3-D
+    operands ``[b, m, k] x [b, k, n]``: each output's gradient is added to the
+    one element its winner names."""
+    ct = _compute_dtype(A.dtype)
+    g = grad.to(ct)
+    dA = torch.zeros(A.shape, dtype=ct, device=A.device)
+    dB = torch.zeros(B.shape, dtype=ct, device=B.device)
+    if A.shape[-1] > 0 and winners.numel() > 0:
+        to_a = winners >= 0
+        idx = decode_winners(winners).long()
+        dA.scatter_add_(2, idx, torch.where(to_a, g, 0))
+        dB.scatter_add_(1, idx, torch.where(to_a, 0, g))
+    return dA.to(A.dtype), dB.to(B.dtype)
+
+
 def minmax_matmul_backward(grad: Tensor, A: Tensor, B: Tensor, argmax: Tensor) -> tuple[Tensor, Tensor]:
     """Gradients of the hard product for broadcast 3-D operands ``[b, m, k] x [b, k, n]``.
 
     Output (i, j) sends its gradient to A[i, r] if A[i, r] <= B[r, j] (A wins
     ties), else to B[r, j], where r = argmax[i, j].
     """
-    ct = _compute_dtype(A.dtype)
-    A_, B_, g = A.to(ct), B.to(ct), grad.to(ct)
-    idx = argmax.long()
-    dA = torch.zeros(A.shape, dtype=ct, device=A.device)
-    dB = torch.zeros(B.shape, dtype=ct, device=B.device)
-    if A.shape[-1] > 0 and idx.numel() > 0:
-        a_sel = A_.expand(idx.shape[0], -1, -1).gather(2, idx)
-        b_sel = B_.expand(idx.shape[0], -1, -1).gather(1, idx)
-        to_a = a_sel <= b_sel
-        dA.scatter_add_(2, idx, torch.where(to_a, g, 0))
-        dB.scatter_add_(1, idx, torch.where(to_a, 0, g))
-    return dA.to(A.dtype), dB.to(B.dtype)
+    return scatter_winners(grad, A, B, encode_winners(A, B, argmax))
 
 
 def _softmin(a: Tensor, b: Tensor, tau: float) -> Tensor:

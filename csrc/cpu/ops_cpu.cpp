@@ -74,8 +74,6 @@ void check_3d(const at::Tensor& A, const at::Tensor& B) {
   TORCH_CHECK(A.scalar_type() == B.scalar_type(), "vico_flow._C: operand dtypes differ");
 }
 
-// C = A (max,min) B in the compute type, optionally with the per-output depth
-// chunk of the first maximum (kc = kHardKCArgmax then).
 // Rows per task: as many as keep ~8 tasks per thread (fewer re-packs of B),
 // at least kHardMC.
 int64_t hard_row_block(int64_t batch, int64_t m, int64_t n) {
@@ -86,6 +84,8 @@ int64_t hard_row_block(int64_t batch, int64_t m, int64_t n) {
   return std::min<int64_t>(std::max<int64_t>(rows, kHardMC), 16 * kHardMC);
 }
 
+// C = A (max,min) B in the compute type, optionally with the per-output depth
+// chunk of the first maximum (kc = kHardKCArgmax then).
 template <class T>
 void hard_into(const at::Tensor& A, const at::Tensor& B, at::Tensor& C, int32_t* chunk, int64_t kc) {
   const int64_t batch = A.size(0), m = A.size(1), k = A.size(2), n = B.size(2);
@@ -134,8 +134,8 @@ std::tuple<at::Tensor, at::Tensor> hard_forward(const at::Tensor& A_in, const at
       // The search reads B down its columns: a transposed copy pays off once
       // there are enough rows to share it; a few flow rows read B in place.
       const at::Tensor Ac = A.contiguous();
-      const at::Tensor Bt = m >= 32 ? transposed_copy<scalar_t>(B) : B;
       const bool copied = m >= 32;
+      const at::Tensor Bt = copied ? transposed_copy<scalar_t>(B) : B;
       ArgmaxArgs<scalar_t> p{Ac.data_ptr<scalar_t>(), Bt.data_ptr<scalar_t>(),
                              copied ? n * k : B.stride(0), copied ? k : B.stride(2), copied ? 1 : B.stride(1),
                              C.data_ptr<scalar_t>(), idx.data_ptr<int32_t>(), batch, m, n, k, kc};
