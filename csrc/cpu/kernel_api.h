@@ -74,7 +74,9 @@ struct SoftGradArgs {
   const T* cs;    // contiguous [batch, m, n], C * s (0 where C is not finite)
   const T* g;     // contiguous [batch, m, n], upstream gradient (0 where C is not finite)
   const T* cmin;  // contiguous [batch, m, ceil(n/kSoftJT)]: min finite cs of the tile, +inf if none
-  T* db;          // contiguous [batch, k, n]: dC/dB
+  T* db;          // dC/dB[b, r, j] at db + b*db_sb + r*db_sr + j*db_sj (db_sj == 1: vector stores;
+                  // otherwise strided, e.g. dA written in place by the transposed call)
+  int64_t db_sb, db_sr, db_sj;
   int64_t batch, m, n, k;
   T cut;
   int64_t num_tasks() const { return batch * ceil_div(n, kSoftJT) * ceil_div(k, kSoftRowsPerTask); }

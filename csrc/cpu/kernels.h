@@ -230,6 +230,15 @@ struct Kernels {
       int64_t found = -1;
       if (contiguous) {
         if (j + kAhead < j_end) prefetch(j + kAhead);
+        if (r1 - r == kHardKCArgmax && kHardKCArgmax % W == 0 && kHardKCArgmax <= 64) {
+          // A whole chunk (the common case): fixed trip count, no tail masks.
+          uint64_t bits = 0;
+#pragma GCC unroll 64
+          for (int v = 0; v < int(kHardKCArgmax / W); ++v)
+            bits |= uint64_t(V::eq_mask(V::min(V::load(a + r + v * W), V::load(bt + r + v * W)), h)) << (v * W);
+          if (bits) found = r + __builtin_ctzll(bits);
+          r = r1;
+        }
         while (found < 0 && r < r1) {
           uint64_t bits = 0;
           int span = 0;  // lanes examined in this window of up to 64
@@ -345,7 +354,7 @@ struct Kernels {
     for (int64_t r = rt * kSoftRowsPerTask; r < r_end; ++r) {
       const T* at = p.at + (bi * p.k + r) * p.m;
       const T* brow = p.bs + (bi * p.k + r) * p.n;
-      T* db = p.db + (bi * p.k + r) * p.n;
+      T* db = p.db + bi * p.db_sb + r * p.db_sr;
       int64_t na = 0;
       for (int64_t i = 0; i < p.m; ++i) {
         active[size_t(na)] = int32_t(i);
@@ -370,7 +379,7 @@ struct Kernels {
               acc[v] = V::add(acc[v], V::mul(V::load(g + i * p.n + j0 + v * W), V::mul(V::mul(w, pr), pr)));
             }
           }
-          for (int v = 0; v < NV; ++v) V::store(db + j0 + v * W, acc[v]);
+          store_row(db, j0, p.db_sj, acc, G);
         } else {
           const int nv = int(ceil_div(cols, W));  // vectors that hold columns
           for (int64_t q = 0; q < na; ++q) {
@@ -384,10 +393,22 @@ struct Kernels {
               acc[v] = V::add(acc[v], V::mul(gv, V::mul(V::mul(w, pr), pr)));
             }
           }
-          for (int v = 0; v < NV; ++v) V::store_partial(db + j0 + v * W, acc[v], cols - v * W);
+          store_row(db, j0, p.db_sj, acc, cols);
         }
       }
     }
+  }
+
+  // Stores `cols` accumulated values as elements j0.. of a row with element stride sj.
+  template <int NV>
+  static void store_row(T* row, int64_t j0, int64_t sj, const reg (&acc)[NV], int cols) {
+    if (sj == 1) {
+      for (int v = 0; v < NV; ++v) V::store_partial(row + j0 + v * W, acc[v], cols - v * W);
+      return;
+    }
+    T tmp[NV * W];
+    for (int v = 0; v < NV; ++v) V::store_lanes(tmp + v * W, acc[v]);
+    for (int jj = 0; jj < cols; ++jj) row[(j0 + jj) * sj] = tmp[jj];
   }
 
   static KernelTable<T> table(const char* name) { return {name, &hard, &argmax, &soft_fwd, &soft_grad}; }

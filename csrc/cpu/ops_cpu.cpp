@@ -172,7 +172,7 @@ std::tuple<at::Tensor, at::Tensor> hard_backward(const at::Tensor& grad_in, cons
         for (int64_t j = 0; j < n; ++j)
           if (winner_to_a(wr[j])) out[wr[j]] += gr[j];
       });
-      constexpr int64_t kCols = 64;
+      constexpr int64_t kCols = 16;
       const int64_t col_tiles = ceil_div(n, kCols);
       run_tasks(batch * col_tiles, [&](int64_t t) {
         const int64_t bi = t / col_tiles, j0 = (t % col_tiles) * kCols, j1 = std::min(n, j0 + kCols);
@@ -235,17 +235,18 @@ at::Tensor tile_min_finite(const at::Tensor& Cs, const at::Tensor& not_finite) {
 // dC/dB of C = A (soft max,min) B (see Kernels::soft_grad) from contiguous
 // scaled operands: Ats = A^T s [b,k,m], Bs = B s [b,k,n], Cs = C s and G with
 // zeros where C is not finite [b,m,n], and that mask (bool [b,m,n]).
+// The result goes into `out`, viewed as [b, k, n] (any strides: the transposed
+// call writes dA [b, m, k] through its transpose).
 template <class T>
-at::Tensor soft_grad_rhs(const at::Tensor& Ats, const at::Tensor& Bs, const at::Tensor& Cs, const at::Tensor& G,
-                         const at::Tensor& not_finite) {
+void soft_grad_rhs(const at::Tensor& Ats, const at::Tensor& Bs, const at::Tensor& Cs, const at::Tensor& G,
+                   const at::Tensor& not_finite, at::Tensor out) {
   const int64_t batch = Bs.size(0), k = Bs.size(1), n = Bs.size(2), m = Cs.size(1);
   const at::Tensor cmin = tile_min_finite<T>(Cs, not_finite);
-  at::Tensor dB = at::empty({batch, k, n}, Bs.options());
   SoftGradArgs<T> p{Ats.data_ptr<T>(), Bs.data_ptr<T>(), Cs.data_ptr<T>(), G.data_ptr<T>(), cmin.data_ptr<T>(),
-                    dB.data_ptr<T>(), batch, m, n, k, T(soft_cutoff(k > m ? k : m))};
+                    out.data_ptr<T>(), out.stride(0), out.stride(1), out.stride(2),
+                    batch, m, n, k, T(soft_cutoff(k > m ? k : m))};
   const auto& kt = table_for<T>();
   run_tasks(p.num_tasks(), [&](int64_t t) { kt.soft_grad(p, t); });
-  return dB;
 }
 
 }  // namespace
@@ -253,8 +254,8 @@ at::Tensor soft_grad_rhs(const at::Tensor& Ats, const at::Tensor& Bs, const at::
 // Both gradients of the soft product, recomputed from A, B and C. dC/dA is the
 // right-hand gradient of the transposed product C^T = B^T (max,min) A^T, so one
 // kernel serves both; the scaled operands are shared between the two calls
-// (A^T s and B s swap roles) and the transposed C and G replace the originals,
-// which keeps the temporaries at about five [m,n]-or-[k,n]-sized buffers.
+// (A^T s and B s swap roles), the transposed C and G replace the originals, and
+// dA is written in place: about four [m,n]-or-[k,n]-sized temporaries.
 std::tuple<at::Tensor, at::Tensor> soft_backward(const at::Tensor& grad_in, const at::Tensor& A_in, const at::Tensor& B_in,
                                                  const at::Tensor& C_in, double tau) {
   check_3d(A_in, B_in);
@@ -279,11 +280,17 @@ std::tuple<at::Tensor, at::Tensor> soft_backward(const at::Tensor& grad_in, cons
     }
     const at::Tensor Ats = transposed_copy<scalar_t>(A_in.to(ct)).mul_(s);  // [b,k,m]
     const at::Tensor Bs = (B_in.to(ct) * s).contiguous();                   // [b,k,n]
-    dB = soft_grad_rhs<scalar_t>(Ats, Bs, Cs, G, not_finite);
-    Cs = transposed_copy<scalar_t>(Cs);
+    dB = at::empty({batch, k, n}, Bs.options());
+    soft_grad_rhs<scalar_t>(Ats, Bs, Cs, G, not_finite, dB);
+    // Transposed operands for the dA pass, built so that no original and its
+    // transpose are alive together (Cs^T comes from C, which the caller holds).
+    Cs.reset();
     G = transposed_copy<scalar_t>(G);
     if (any_inf) not_finite = transposed_copy<bool>(not_finite);
-    dA = transposed_copy<scalar_t>(soft_grad_rhs<scalar_t>(Bs, Ats, Cs, G, not_finite));
+    Cs = transposed_copy<scalar_t>(C).mul_(s);
+    if (any_inf) Cs.masked_fill_(not_finite, 0);
+    dA = at::empty({batch, m, k}, Bs.options());
+    soft_grad_rhs<scalar_t>(Bs, Ats, Cs, G, not_finite, dA.transpose(1, 2));
   });
   return {dA.to(A_in.scalar_type()), dB.to(A_in.scalar_type())};
 }
