@@ -45,12 +45,14 @@ MODES = ("soft", "hard")
 
 @dataclass
 class FlowResult:
-    """values: [K] flow of each source into the sink; heatmaps: [K, F, H, W] flow
+    """values: [K] flow of each source into the sink (mean of group_values);
+    group_values: [G, K] the flow of each group; heatmaps: [K, F, H, W] flow
     reaching each output video token (before the sink edge), on the output grid."""
 
     values: Tensor
     heatmaps: Tensor
     sources: list
+    group_values: Tensor
 
 
 # ----------------------------------------------------------------------- semirings
@@ -211,11 +213,11 @@ def _run(ring, graph: FlowGraph, sources: list[int]) -> FlowResult:
     maps, values = [], []
     for start, end in graph.groups():
         Fv, grid = _propagate(ring, graph, sources, start, end, inject_every_cross=graph.grouping == "chained")
-        values.append(ring.readout(Fv, graph.sink_capacity))
+        values.append(ring.readout(Fv, graph.sink_value))
         maps.append(_resize_to(ring, Fv, grid, out))
-    value = torch.stack(values).mean(0)
+    group_values = torch.stack(values)
     heat = torch.stack(maps).mean(0).reshape(len(sources), out.frames, out.height, out.width)
-    return FlowResult(values=value, heatmaps=heat, sources=sources)
+    return FlowResult(values=group_values.mean(0), heatmaps=heat, sources=sources, group_values=group_values)
 
 
 def st_flow(graph: FlowGraph, sources, mode: str = "soft", tau: float = 0.01) -> FlowResult:
@@ -272,4 +274,10 @@ def cross_attention_attribution(graph: FlowGraph, sources) -> FlowResult:
             continue
         maps.append(_resize_to(_SumProduct(), m, grid, out))
     heat = torch.stack(maps).mean(0)
-    return FlowResult(values=heat.amax(-1), heatmaps=heat.reshape(len(sources), out.frames, out.height, out.width), sources=sources)
+    values = heat.amax(-1)
+    return FlowResult(
+        values=values,
+        heatmaps=heat.reshape(len(sources), out.frames, out.height, out.width),
+        sources=sources,
+        group_values=values[None],
+    )

@@ -254,6 +254,12 @@ class FlowGraph:
                 grid = layer.grid
         return out
 
+    @property
+    def sink_value(self) -> float:
+        """The sink capacity as the graph's dtype represents it (0.05 in float32 is
+        not the double 0.05); what both the propagation and the oracle use."""
+        return float(torch.tensor(self.sink_capacity, dtype=self._dtype))
+
     def residual_weights(self) -> tuple[float, float]:
         """(attention weight a, skip weight s) of the residual convention."""
         return RESIDUALS[self.residual]

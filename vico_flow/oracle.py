@@ -119,7 +119,7 @@ def build_network(graph: FlowGraph, source: int, group: tuple[int, int], scale: 
                 b.edge(("t", i, t), ("t", i + 1, t), math.inf)
     out = graph.grids()[end] if end < len(graph.layers) else graph.output_grid
     for q in range(out.tokens):
-        b.edge(("v", end, q), SINK, graph.sink_capacity)
+        b.edge(("v", end, q), SINK, graph.sink_value)
     b.G.add_node(SRC)
     b.G.add_node(SINK)
     return b.G
@@ -158,22 +158,23 @@ def widest_path_value(G: nx.DiGraph) -> float:
     return 0.0
 
 
-def _per_source(graph: FlowGraph, sources, fn, scale: float) -> torch.Tensor:
+def _per_source(graph: FlowGraph, sources, fn, scale: float, per_group: bool) -> torch.Tensor:
     if isinstance(sources, int):
         sources = [sources]
-    vals = []
-    for t in sources:
-        per_group = [fn(build_network(graph, int(t), grp, scale)) for grp in graph.groups()]
-        vals.append(sum(per_group) / len(per_group))
-    return torch.tensor(vals, dtype=torch.float64)
+    vals = torch.tensor(
+        [[fn(build_network(graph, int(t), grp, scale)) for t in sources] for grp in graph.groups()],
+        dtype=torch.float64,
+    )  # [G, K]
+    return vals if per_group else vals.mean(0)
 
 
-def exact_st_flow(graph: FlowGraph, sources, scale: float = 1e6) -> torch.Tensor:
-    """Exact max-flow of each source (mean over groups), float64 [K]."""
-    return _per_source(graph, sources, lambda G: max_flow_value(G, scale), scale)
+def exact_st_flow(graph: FlowGraph, sources, scale: float = 1e6, per_group: bool = False) -> torch.Tensor:
+    """Exact max-flow of each source, float64: [K] (mean over groups, as
+    vico_flow.st_flow's values) or [G, K] with per_group=True."""
+    return _per_source(graph, sources, lambda G: max_flow_value(G, scale), scale, per_group)
 
 
-def widest_path_st_flow(graph: FlowGraph, sources) -> torch.Tensor:
-    """Widest-path value of each source (mean over groups), float64 [K]: what hard
-    ST-Flow computes, found by an independent graph search."""
-    return _per_source(graph, sources, widest_path_value, 1e6)
+def widest_path_st_flow(graph: FlowGraph, sources, per_group: bool = False) -> torch.Tensor:
+    """Widest-path value of each source, float64 [K] (mean over groups) or
+    [G, K]: what hard ST-Flow computes, found by an independent graph search."""
+    return _per_source(graph, sources, widest_path_value, 1e6, per_group)
