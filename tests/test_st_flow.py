@@ -220,3 +220,51 @@ def test_graph_errors_name_the_layer():
         st_flow(graph, [0], mode="exact")
     with pytest.raises(ValueError, match=r"tau must be a finite number > 0"):
         st_flow(graph, [0], tau=0)
+
+
+@pytest.mark.parametrize("tau", [None, 0.05])
+@pytest.mark.parametrize("blocks", [1, 40])
+def test_chain_equals_layer_by_layer(isa, tau, blocks):
+    import vico_flow
+
+    gen = torch.Generator().manual_seed(5)
+    F = torch.rand(blocks, 4, 16, generator=gen)
+    F[:, 0, 3] = -math.inf  # "no flow" entries pass through unchanged semantics
+    Ws = [torch.rand(blocks, 16, 16, generator=gen).transpose(1, 2) for _ in range(3)]
+    X = F
+    for W in Ws:
+        X = vico_flow.minmax_matmul(X, W) if tau is None else vico_flow.soft_minmax_matmul(X, W, tau)
+    out = vico_flow.minmax_chain(F, Ws, tau=tau)
+    if tau is None:
+        assert torch.equal(out, X)
+    else:
+        torch.testing.assert_close(out, X, rtol=1e-6, atol=1e-6)
+    ref = vico_flow.minmax_chain(F.double(), [W.double() for W in Ws], tau=tau, backend="reference")
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("tau", [None, 0.1])
+def test_chain_gradcheck_and_opcheck(tau):
+    import vico_flow
+
+    gen = torch.Generator().manual_seed(6)
+    F = torch.rand(12, 3, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    Ws = [torch.rand(12, 5, 5, generator=gen, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    assert torch.autograd.gradcheck(lambda f, *w: vico_flow.minmax_chain(f, w, tau=tau), (F, *Ws))
+    torch.library.opcheck(torch.ops.vico_flow.minmax_chain.default, (F, Ws, tau or 1.0, tau is not None, "cpu"))
+
+
+def test_chain_errors():
+    import vico_flow
+
+    F = torch.rand(2, 3, 4)
+    with pytest.raises(ValueError, match=r"Ws\[1\] has shape \(2, 4, 5\); expected \(2, 4, 4\)"):
+        vico_flow.minmax_chain(F, [torch.rand(2, 4, 4), torch.rand(2, 4, 5)])
+    with pytest.raises(ValueError, match=r"Ws is empty"):
+        vico_flow.minmax_chain(F, [])
+    with pytest.raises(ValueError, match=r"F must be \[b, K, n\]"):
+        vico_flow.minmax_chain(F[0], [torch.rand(2, 4, 4)])
+    bad = torch.rand(2, 4, 4)
+    bad[1, 1, 1] = math.nan
+    with pytest.raises(ValueError, match=r"Ws\[0\] contains NaN"):
+        vico_flow.minmax_chain(F, [bad])

@@ -38,7 +38,7 @@ from .graph import (
     TemporalSelf,
     resize_factors,
 )
-from .ops import minmax_matmul, soft_minmax_matmul
+from .ops import minmax_chain, minmax_matmul, soft_minmax_matmul
 
 MODES = ("soft", "hard")
 
@@ -68,6 +68,12 @@ class _Tropical:
     def mm(self, F: Tensor, W: Tensor) -> Tensor:
         return soft_minmax_matmul(F, W, self.tau) if self.soft else minmax_matmul(F, W)
 
+    def chain(self, F: Tensor, Ws: list) -> Tensor:
+        """F through several block-batched layers in one fused call."""
+        if len(Ws) == 1:
+            return self.mm(F, Ws[0])
+        return minmax_chain(F, Ws, tau=self.tau if self.soft else None)
+
     def add(self, x: Tensor, y: Tensor) -> Tensor:  # "max"
         return self.tau * torch.logaddexp(x / self.tau, y / self.tau) if self.soft else torch.maximum(x, y)
 
@@ -96,6 +102,11 @@ class _SumProduct:
 
     def mm(self, F: Tensor, W: Tensor) -> Tensor:
         return F @ W
+
+    def chain(self, F: Tensor, Ws: list) -> Tensor:
+        for W in Ws:
+            F = F @ W
+        return F
 
     def add(self, x: Tensor, y: Tensor) -> Tensor:
         return x + y
@@ -141,16 +152,19 @@ def _resize_to(ring, Fv: Tensor, src: Grid, dst: Grid) -> Tensor:
     return x.reshape(K, dst.tokens)
 
 
-def _self_layer(ring, graph: FlowGraph, layer, Fv: Tensor, grid: Grid) -> Tensor:
+def _self_layers(ring, graph: FlowGraph, layers: list, Fv: Tensor, grid: Grid) -> Tensor:
+    """A run of consecutive self layers of one kind: one batched (and, for
+    several layers, fused) tropical product over their shared block structure."""
     K = Fv.shape[0]
-    W = graph.self_capacity(layer.attn).transpose(-1, -2)  # W[k, q] = capacity k -> q
-    if isinstance(layer, SpatialSelf):  # blocks: frames; flow [F, K, HW]
+    Ws = [graph.self_capacity(l.attn).transpose(-1, -2) for l in layers]  # W[k, q] = capacity k -> q
+    kind = type(layers[0])
+    if kind is SpatialSelf:  # blocks: frames; flow [F, K, HW]
         x = Fv.reshape(K, grid.frames, grid.pixels).transpose(0, 1)
-        return ring.mm(x, W).transpose(0, 1).reshape(K, grid.tokens)
-    if isinstance(layer, TemporalSelf):  # blocks: pixels; flow [HW, K, F]
+        return ring.chain(x, Ws).transpose(0, 1).reshape(K, grid.tokens)
+    if kind is TemporalSelf:  # blocks: pixels; flow [HW, K, F]
         x = Fv.reshape(K, grid.frames, grid.pixels).permute(2, 0, 1)
-        return ring.mm(x, W).permute(1, 2, 0).reshape(K, grid.tokens)
-    return ring.mm(Fv, W)  # DenseSelf
+        return ring.chain(x, Ws).permute(1, 2, 0).reshape(K, grid.tokens)
+    return ring.chain(Fv[None], [W[None] for W in Ws])[0]  # DenseSelf: one block
 
 
 def _propagate(ring, graph: FlowGraph, sources: list[int], start: int, end: int, inject_every_cross: bool):
@@ -164,24 +178,32 @@ def _propagate(ring, graph: FlowGraph, sources: list[int], start: int, end: int,
     Fv = torch.full((K, grid.tokens), ring.neutral, dtype=dtype, device=device)
     Ft = None  # text part of the flow, alive from the first Joint layer on
     saved: dict[str, tuple[Tensor, Grid]] = {}
-    for i in range(start, end):
+    i = start
+    while i < end:
         layer = graph.layers[i]
+        i += 1
+        if isinstance(layer, (SpatialSelf, TemporalSelf, DenseSelf)):
+            run = [layer]
+            while i < end and type(graph.layers[i]) is type(layer):
+                run.append(graph.layers[i])
+                i += 1
+            Fv = _self_layers(ring, graph, run, Fv, grid)
+            continue
+        first = i - 1 == start
         if isinstance(layer, Cross):
-            if i == start or inject_every_cross:
+            if first or inject_every_cross:
                 inj = layer.attn.reshape(grid.tokens, graph.num_text)[:, src].T  # [K, N]: P[q, t]
                 inj = inj * a if a != 1.0 else inj
-                Fv = inj if i == start else ring.add(ring.scale(Fv, s), inj)
+                Fv = inj if first else ring.add(ring.scale(Fv, s), inj)
             else:
                 Fv = ring.scale(Fv, s)
         elif isinstance(layer, Joint):
-            if Ft is None or i == start:
+            if Ft is None or first:
                 Ft = torch.full((K, graph.num_text), ring.neutral, dtype=dtype, device=device)
                 Ft[torch.arange(K, device=device), src] = math.inf if ring.neutral == -math.inf else 1.0
             W = graph.self_capacity(layer.attn).transpose(0, 1)
             out = ring.mm(torch.cat([Ft, Fv], dim=1), W)
             Ft, Fv = out[:, : graph.num_text], out[:, graph.num_text :]
-        elif isinstance(layer, (SpatialSelf, TemporalSelf, DenseSelf)):
-            Fv = _self_layer(ring, graph, layer, Fv, grid)
         elif isinstance(layer, Resize):
             Fv = _resize(ring, Fv, grid, layer.grid, layer.mode)
             grid = layer.grid

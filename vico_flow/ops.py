@@ -10,6 +10,7 @@ Ops (namespace ``vico_flow``):
     minmax_mm_backward(grad, A, B, winners, backend) -> (dA, dB)
     soft_minmax_mm(A, B, tau, backend) -> C
     soft_minmax_mm_backward(grad, A, B, C, tau, backend) -> (dA, dB)
+    minmax_chain(F, Ws, tau, soft, backend) -> F (max,min) W_0 (max,min) W_1 ...
 
 `winners` (int32 per output, empty when with_argmax is False) holds the first
 r reaching the max, as r when the gradient goes to A and ~r when it goes to B
@@ -24,9 +25,9 @@ from torch import Tensor
 
 from . import _backends
 from .reference import decode_winners
-from ._checks import check_matmul_operands, check_no_nan, check_tau
+from ._checks import check_float_tensor, check_matmul_operands, check_no_nan, check_tau
 
-__all__ = ["minmax_matmul", "minmax_matmul_with_argmax", "soft_minmax_matmul"]
+__all__ = ["minmax_chain", "minmax_matmul", "minmax_matmul_with_argmax", "soft_minmax_matmul"]
 
 
 def _check_values(A: Tensor, B: Tensor, fn: str) -> None:
@@ -181,3 +182,92 @@ def soft_minmax_matmul(A: Tensor, B: Tensor, tau: float = 0.01, *, backend: str 
     A3, B3, batch, m, n = _flatten(A, B, fn)
     backend = _backends.resolve(backend, A.device, fn)
     return _soft_minmax_mm(A3, B3, tau, backend).reshape(*batch, m, n)
+
+
+# --------------------------------------------------------------------------- chains
+def _chain_layer(X: Tensor, W: Tensor, tau: float, soft: bool, backend: str, with_argmax: bool = False):
+    if soft:
+        return _soft_minmax_mm(X, W, tau, backend), None
+    return _minmax_mm(X, W, backend, with_argmax)
+
+
+@torch.library.custom_op("vico_flow::minmax_chain", mutates_args=())
+def _minmax_chain(F: Tensor, Ws: list[Tensor], tau: float, soft: bool, backend: str) -> Tensor:
+    fn = "minmax_chain"
+    check_no_nan(F, "F", fn)
+    for i, W in enumerate(Ws):
+        check_no_nan(W, f"Ws[{i}]", fn)
+    b, _, n = F.shape
+    if backend == "cpu" and b >= 4 * torch.get_num_threads() and n <= 256:
+        # Many small blocks (per-pixel temporal layers, per-frame spatial ones):
+        # one task per block runs the whole chain in cache.
+        return _backends.compiled_extension().chain_forward(F, Ws, soft, tau)
+    X = F
+    for W in Ws:  # few large blocks (parallel inside each product) or other backends
+        X = _chain_layer(X, W, tau, soft, backend)[0]
+    return X.clone() if X is F else X
+
+
+@_minmax_chain.register_fake
+def _(F, Ws, tau, soft, backend):
+    return F.new_empty(F.shape)
+
+
+def _chain_setup(ctx, inputs, output):
+    F, Ws, tau, soft, backend = inputs
+    ctx.save_for_backward(F, *Ws)
+    ctx.tau, ctx.soft, ctx.backend = tau, soft, backend
+
+
+def _chain_bwd(ctx, grad):
+    F, *Ws = ctx.saved_tensors
+    tau, soft, backend = ctx.tau, ctx.soft, ctx.backend
+    # Recompute the intermediate flows (small: [b, K, n] each), then run the
+    # per-layer backward ops from the last layer to the first.
+    xs, winners = [F], []
+    for W in Ws:
+        X, win = _chain_layer(xs[-1], W, tau, soft, backend, with_argmax=True)
+        xs.append(X)
+        winners.append(win)
+    dWs = [None] * len(Ws)
+    g = grad.contiguous()
+    for l in range(len(Ws) - 1, -1, -1):
+        if soft:
+            g, dWs[l] = _soft_minmax_mm_backward(g, xs[l], Ws[l], xs[l + 1], tau, backend)
+        else:
+            g, dWs[l] = _minmax_mm_backward(g, xs[l], Ws[l], winners[l], backend)
+    return g, dWs, None, None, None
+
+
+_minmax_chain.register_autograd(_chain_bwd, setup_context=_chain_setup)
+
+
+def minmax_chain(F: Tensor, Ws, *, tau: float | None = None, backend: str = "auto") -> Tensor:
+    """``F (max,min) W_0 (max,min) W_1 ...`` for block-batched square layers.
+
+    F is ``[b, K, n]`` (K flow rows per block), every W ``[b, n, n]``; hard when
+    tau is None, soft at temperature tau otherwise. On the CPU backend, with
+    many small blocks, the whole chain runs per block in one kernel call without
+    writing the intermediate flows (few large blocks run layer by layer, each
+    product parallel inside); the backward recomputes the intermediate flows:
+    memory O(inputs). Equal to chaining
+    :func:`minmax_matmul` / :func:`soft_minmax_matmul`, gradients included.
+    """
+    fn = "minmax_chain"
+    soft = tau is not None
+    tau = check_tau(tau, fn) if soft else 1.0
+    check_float_tensor(F, "F", fn)
+    if F.dim() != 3:
+        raise ValueError(f"{fn}: F must be [b, K, n], got shape {tuple(F.shape)}")
+    Ws = list(Ws)
+    if not Ws:
+        raise ValueError(f"{fn}: Ws is empty; give at least one layer")
+    b, _, n = F.shape
+    for i, W in enumerate(Ws):
+        check_float_tensor(W, f"Ws[{i}]", fn)
+        if tuple(W.shape) != (b, n, n):
+            raise ValueError(f"{fn}: Ws[{i}] has shape {tuple(W.shape)}; expected ({b}, {n}, {n}) to match F {tuple(F.shape)}")
+        if W.dtype != F.dtype or W.device != F.device:
+            raise TypeError(f"{fn}: Ws[{i}] is {W.dtype} on {W.device}; F is {F.dtype} on {F.device}")
+    backend = _backends.resolve(backend, F.device, fn)
+    return _minmax_chain(F, Ws, tau, soft, backend)

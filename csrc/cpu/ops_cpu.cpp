@@ -295,6 +295,64 @@ std::tuple<at::Tensor, at::Tensor> soft_backward(const at::Tensor& grad_in, cons
   return {dA.to(A_in.scalar_type()), dB.to(A_in.scalar_type())};
 }
 
+namespace {
+
+// One block of a chain: F (K x n, contiguous) through every layer's W block
+// (n x n, any strides), in thread-local buffers. Each layer is the ordinary
+// hard or soft kernel body (Kernels::hard / soft_fwd) run on those buffers, so
+// the chain adds no arithmetic of its own.
+template <class T>
+void chain_block(const T* f, T* out, const std::vector<at::Tensor>& Ws, int64_t bi, int64_t K, int64_t n, bool soft,
+                 double tau) {
+  thread_local std::vector<T> cur, nxt, w, as, ws;
+  cur.assign(f, f + K * n);
+  nxt.resize(size_t(K * n));
+  w.resize(size_t(n * n));
+  const auto& kt = table_for<T>();
+  const double s = kLog2e / tau;
+  for (const at::Tensor& W : Ws) {
+    const T* src = W.data_ptr<T>() + bi * W.stride(0);
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t j = 0; j < n; ++j) w[size_t(r * n + j)] = src[r * W.stride(1) + j * W.stride(2)];
+    HardArgs<T> hp{cur.data(), K * n, n, 1, w.data(), n * n, n, 1, nxt.data(), nullptr, 1, K, n, n, kHardKC, kHardMC};
+    for (int64_t t = 0; t < hp.num_tasks(); ++t) kt.hard(hp, t);
+    if (soft && n > 0) {
+      as.resize(size_t(K * n));
+      ws.resize(size_t(n * n));
+      for (int64_t i = 0; i < K * n; ++i) as[size_t(i)] = T(cur[size_t(i)] * s);
+      for (int64_t i = 0; i < n * n; ++i) ws[size_t(i)] = T(w[size_t(i)] * s);
+      SoftFwdArgs<T> sp{as.data(), ws.data(), nxt.data(), 1, K, n, n, T(s), T(tau), T(soft_cutoff(n))};
+      for (int64_t t = 0; t < sp.num_tasks(); ++t) kt.soft_fwd(sp, t);
+    }
+    std::swap(cur, nxt);
+  }
+  std::copy(cur.begin(), cur.end(), out);
+}
+
+}  // namespace
+
+// F [b, K, n] through layers W_l [b, n, n] (F <- F (max,min) W_l, hard or soft),
+// one block per task, never writing an intermediate flow to a tensor.
+at::Tensor chain_forward(const at::Tensor& F_in, const std::vector<at::Tensor>& Ws_in, bool soft, double tau) {
+  TORCH_CHECK(F_in.dim() == 3 && F_in.device().is_cpu(), "vico_flow._C.chain_forward: F must be a CPU [b, K, n] tensor");
+  const auto ct = compute_type(F_in.scalar_type());
+  const int64_t batch = F_in.size(0), K = F_in.size(1), n = F_in.size(2);
+  const at::Tensor F = F_in.to(ct).contiguous();
+  std::vector<at::Tensor> Ws;
+  for (const at::Tensor& W : Ws_in) {
+    TORCH_CHECK(W.dim() == 3 && W.size(0) == batch && W.size(1) == n && W.size(2) == n && W.device().is_cpu(),
+                "vico_flow._C.chain_forward: every W must be a CPU [b, n, n] tensor matching F");
+    Ws.push_back(W.to(ct));
+  }
+  at::Tensor out = at::empty({batch, K, n}, F.options());
+  AT_DISPATCH_FLOATING_TYPES(ct, "vico_flow_chain_forward", [&] {
+    const scalar_t* f = F.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    run_tasks(batch, [&](int64_t bi) { chain_block<scalar_t>(f + bi * K * n, o + bi * K * n, Ws, bi, K, n, soft, tau); });
+  });
+  return out.to(F_in.scalar_type());
+}
+
 void set_isa(const std::string& name) {
   const KernelTable<float>* t = nullptr;
   if (name == "auto") t = best_float_table();
@@ -326,6 +384,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("hard_backward", &c::hard_backward, "scatter of the hard gradient to the recorded winners");
   m.def("soft_forward", &c::soft_forward, "log-sum-exp (max,min) product on CPU");
   m.def("soft_backward", &c::soft_backward, "gradients of the soft product, recomputed from A, B, C");
+  m.def("chain_forward", &c::chain_forward, "F through several same-shaped (max,min) layers, fused per block");
   m.def("set_cpu_isa", &c::set_isa, "force the float32 kernel instruction set: auto|avx512|avx2|scalar");
   m.def("cpu_isa", &c::isa, "instruction set the float32 CPU kernels use now");
   m.def("available_cpu_isas", &c::available_isas, "instruction sets this processor runs");
