@@ -268,3 +268,13 @@ def test_chain_errors():
     bad[1, 1, 1] = math.nan
     with pytest.raises(ValueError, match=r"Ws\[0\] contains NaN"):
         vico_flow.minmax_chain(F, [bad])
+
+
+def test_max_flow_algorithms_agree():
+    from vico_flow.synthetic import dense_chain_graph
+
+    graph = dense_chain_graph(12, 3, num_text=3, residual="avg", sink_capacity=0.2)
+    values = {a: exact_st_flow(graph, [0, 1], algorithm=a) for a in ("dinitz", "preflow_push", "boykov_kolmogorov")}
+    assert torch.equal(values["dinitz"], values["preflow_push"]) and torch.equal(values["dinitz"], values["boykov_kolmogorov"])
+    with pytest.raises(ValueError, match=r"algorithm must be one of"):
+        exact_st_flow(graph, [0], algorithm="simplex")

@@ -22,11 +22,21 @@ import math
 
 import networkx as nx
 import torch
-from networkx.algorithms.flow import dinitz
+from networkx.algorithms.flow import boykov_kolmogorov, dinitz, edmonds_karp, preflow_push, shortest_augmenting_path
 
 from .graph import Cross, DenseSelf, FlowGraph, Joint, Merge, Resize, Save, SpatialSelf, TemporalSelf, resize_factors
 
 SRC, SINK = ("src",), ("sink",)
+
+# Dinic is the reference algorithm (and the default); the others give the same
+# value and can be much faster on dense graphs (preflow-push: ~25x at 256 tokens).
+ALGORITHMS = {
+    "dinitz": dinitz,
+    "preflow_push": preflow_push,
+    "boykov_kolmogorov": boykov_kolmogorov,
+    "edmonds_karp": edmonds_karp,
+    "shortest_augmenting_path": shortest_augmenting_path,
+}
 
 
 class _Builder:
@@ -125,12 +135,14 @@ def build_network(graph: FlowGraph, source: int, group: tuple[int, int], scale: 
     return b.G
 
 
-def max_flow_value(G: nx.DiGraph, scale: float = 1e6) -> float:
-    """Exact max-flow from SRC to SINK with Dinic's algorithm, in capacity units."""
+def max_flow_value(G: nx.DiGraph, scale: float = 1e6, algorithm: str = "dinitz") -> float:
+    """Exact max-flow from SRC to SINK (Dinic's algorithm by default), in capacity units."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"max_flow_value: algorithm must be one of {sorted(ALGORITHMS)}, got {algorithm!r}")
     if not nx.has_path(G, SRC, SINK):
         return 0.0
     try:
-        R = dinitz(G, SRC, SINK, capacity="capacity")
+        R = ALGORITHMS[algorithm](G, SRC, SINK, capacity="capacity")
     except nx.NetworkXUnbounded:  # a path of unlimited edges (sink_capacity = inf)
         return math.inf
     return R.graph["flow_value"] / scale
@@ -168,10 +180,15 @@ def _per_source(graph: FlowGraph, sources, fn, scale: float, per_group: bool) ->
     return vals if per_group else vals.mean(0)
 
 
-def exact_st_flow(graph: FlowGraph, sources, scale: float = 1e6, per_group: bool = False) -> torch.Tensor:
+def exact_st_flow(
+    graph: FlowGraph, sources, scale: float = 1e6, per_group: bool = False, algorithm: str = "dinitz"
+) -> torch.Tensor:
     """Exact max-flow of each source, float64: [K] (mean over groups, as
-    vico_flow.st_flow's values) or [G, K] with per_group=True."""
-    return _per_source(graph, sources, lambda G: max_flow_value(G, scale), scale, per_group)
+    vico_flow.st_flow's values) or [G, K] with per_group=True. `algorithm` names
+    a networkx max-flow algorithm (ALGORITHMS); all give the same value."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"exact_st_flow: algorithm must be one of {sorted(ALGORITHMS)}, got {algorithm!r}")
+    return _per_source(graph, sources, lambda G: max_flow_value(G, scale, algorithm), scale, per_group)
 
 
 def widest_path_st_flow(graph: FlowGraph, sources, per_group: bool = False) -> torch.Tensor:
