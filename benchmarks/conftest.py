@@ -39,18 +39,19 @@ def pytest_terminal_summary(terminalreporter, config):
     for b in session.benchmarks:
         groups.setdefault(b.group or "", {})[b.extra_info.get("impl", b.name)] = b
     tr = terminalreporter
-    tr.section("vico-flow: ratios (same run, same shapes; lower is better for the kernel)")
-    header = f"{'group':<44} {'impl':<20} {'median s':>10} {'x matmul':>9} {'ref / impl':>10} {'peak MB':>8}"
+    tr.section("vico-flow: ratios (same run, same shapes; 'x base' = time / torch.matmul (or the group's baseline row); 'ref / impl' = speed-up over the reference)")
+    header = f"{'group':<44} {'impl':<20} {'median s':>10} {'x base':>9} {'ref / impl':>10} {'peak MB':>8}"
     tr.write_line(header)
     tr.write_line("-" * len(header))
     for name in sorted(groups):
         entries = groups[name]
-        base = entries.get("torch.matmul")
+        # the row others are divided by: torch.matmul, or a group's own "baseline"
+        base = entries.get("torch.matmul") or entries.get("baseline")
         ref = entries.get("reference")
         for impl, b in sorted(entries.items(), key=lambda kv: (kv[0] != "kernel", kv[0])):
             t = _median(b)
-            x_mm = f"{t / _median(base):9.2f}" if base is not None and impl != "torch.matmul" else " " * 9
-            x_ref = f"{_median(ref) / t:10.1f}" if ref is not None and impl not in ("reference", "torch.matmul") else " " * 10
+            x_mm = f"{t / _median(base):9.2f}" if base is not None and b is not base else " " * 9
+            x_ref = f"{_median(ref) / t:10.1f}" if ref is not None and impl not in ("reference", "torch.matmul", "baseline") else " " * 10
             mem = b.extra_info.get("peak_extra_mb")
             mem_s = f"{mem:8.1f}" if mem is not None else " " * 8
             tr.write_line(f"{name:<44} {impl:<20} {t:10.4f} {x_mm} {x_ref} {mem_s}")

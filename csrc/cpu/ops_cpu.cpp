@@ -377,6 +377,14 @@ std::vector<std::string> available_isas() {
 }  // namespace cpu
 }  // namespace vico_flow
 
+#ifdef VICO_WITH_CUDA
+namespace vico_flow {
+namespace cuda {
+void register_ops(pybind11::module& m);  // csrc/cuda/ops_cuda.cpp
+}
+}  // namespace vico_flow
+#endif
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace c = vico_flow::cpu;
   m.doc() = "vico_flow compiled kernels (private: use vico_flow.minmax_matmul and friends)";
@@ -388,5 +396,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_cpu_isa", &c::set_isa, "force the float32 kernel instruction set: auto|avx512|avx2|scalar");
   m.def("cpu_isa", &c::isa, "instruction set the float32 CPU kernels use now");
   m.def("available_cpu_isas", &c::available_isas, "instruction sets this processor runs");
+#ifdef VICO_WITH_CUDA
+  vico_flow::cuda::register_ops(m);
+  m.attr("cuda_built") = true;
+#else
   m.attr("cuda_built") = false;
+#endif
 }
