@@ -232,3 +232,18 @@ def test_head_averaged_attention_matches_autograd_of_the_formula():
         out = head_averaged_attention(q, k, m, 0.5, causal, query_chunk=3)
         torch.testing.assert_close(out, ref.mean(1))
         assert torch.autograd.gradcheck(lambda a, b: head_averaged_attention(a, b, m, 0.5, causal, 3), (q, k))
+
+
+def test_cli_attribute_loads_a_saved_pipeline(tmp_path):
+    # The path real checkpoints take (DiffusionPipeline.from_pretrained), offline.
+    from vico_diffusion.cli import main
+
+    pipe = tiny.tiny_text_to_video_pipeline()
+    pipe.save_pretrained(tmp_path / "model")
+    out = tmp_path / "out"
+    rc = main(["attribute", "--model", str(tmp_path / "model"), "--prompt", "a dog and a horse", "--tokens", "dog",
+               "horse", "--out", str(out), "--steps", "2", "--frames", "2", "--height", "16", "--width", "16",
+               "--device", "cpu"])
+    assert rc == 0 and os.path.exists(out / "report.html") and os.path.exists(out / "values.json")
+    assert main(["attribute", "--model", str(tmp_path / "missing"), "--prompt", "a dog", "--tokens", "dog",
+                 "--out", str(out), "--device", "cpu"]) == 2
