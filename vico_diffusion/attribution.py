@@ -65,6 +65,37 @@ def _per_word(values: Tensor, maps: Tensor, groups: list) -> tuple[Tensor, Tenso
     return v, m
 
 
+def _check_token_indices(token_indices) -> list:
+    token_indices = [list(g) for g in token_indices]
+    if not token_indices or any(not g for g in token_indices):
+        raise ValueError("token_indices must be a non-empty list of non-empty position lists")
+    return token_indices
+
+
+def _flows(graph, token_indices: list, mode: str, tau: float, companions: bool) -> list:
+    """[(values, maps)] per method (ST-Flow, then cross-attention and rollout
+    when `companions`), per word: every distinct token is a source once."""
+    token_indices = _check_token_indices(token_indices)
+    flat = sorted({t for g in token_indices for t in g})
+    bad = [t for t in flat if t >= graph.num_text]
+    if bad:
+        raise ValueError(f"token positions {bad} are beyond the model's {graph.num_text} text tokens")
+    pos = {t: i for i, t in enumerate(flat)}
+    groups = [[pos[t] for t in g] for g in token_indices]
+    results = [st_flow(graph, flat, mode=mode, tau=tau)]
+    if companions:
+        with torch.no_grad():
+            results += [cross_attention_attribution(graph, flat), attention_rollout(graph, flat)]
+    return [_per_word(r.values, r.heatmaps, groups) for r in results]
+
+
+def _attribution(words, token_indices, flows: list, steps=()) -> Attribution:
+    (v, m), *rest = flows
+    (cv, cm), (rv, rm) = rest if rest else ((v.detach() * 0, m.detach() * 0),) * 2
+    return Attribution(words=list(words), token_indices=token_indices, values=v, heatmaps=m,
+                       cross_attention_values=cv, cross_attention=cm, rollout_values=rv, rollout=rm, steps=list(steps))
+
+
 def attribute_denoiser(
     model: torch.nn.Module,
     run: Callable[[], object],
@@ -92,39 +123,13 @@ def attribute_denoiser(
     Returns (Attribution, model output, FlowGraph).
     """
     select = _kind_filter(model, layer_kinds)
-    groups_in = [list(g) for g in token_indices]
-    if not groups_in or any(not g for g in groups_in):
-        raise ValueError("token_indices must be a non-empty list of non-empty position lists")
-    flat = sorted({t for g in groups_in for t in g})
-    pos = {t: i for i, t in enumerate(flat)}
-    groups = [[pos[t] for t in g] for g in groups_in]
+    token_indices = _check_token_indices(token_indices)  # before the (expensive) model run
     with capture_attention(model, select=select) as store:
         out = run()
     graph = build_flow_graph(model, store.records, latent_shape, sample_index, residual=residual,
                              grouping=grouping, sink_capacity=sink_capacity)
-    bad = [t for t in flat if t >= graph.num_text]
-    if bad:
-        raise ValueError(f"token positions {bad} are beyond the model's {graph.num_text} text tokens")
-    flow = st_flow(graph, flat, mode=mode, tau=tau)
-    values, maps = _per_word(flow.values, flow.heatmaps, groups)
-    if companions:
-        with torch.no_grad():
-            ca = cross_attention_attribution(graph, flat)
-            ro = attention_rollout(graph, flat)
-        ca_v, ca_m = _per_word(ca.values, ca.heatmaps, groups)
-        ro_v, ro_m = _per_word(ro.values, ro.heatmaps, groups)
-    else:
-        ca_v, ca_m, ro_v, ro_m = values.detach() * 0, maps.detach() * 0, values.detach() * 0, maps.detach() * 0
-    att = Attribution(
-        words=list(words) if words is not None else [str(g) for g in groups_in],
-        token_indices=groups_in,
-        values=values,
-        heatmaps=maps,
-        cross_attention_values=ca_v,
-        cross_attention=ca_m,
-        rollout_values=ro_v,
-        rollout=ro_m,
-    )
+    words = words if words is not None else [str(g) for g in token_indices]
+    att = _attribution(words, token_indices, _flows(graph, token_indices, mode, tau, companions))
     return att, out, graph
 
 
@@ -216,13 +221,8 @@ def attribute(
             ctx.__exit__(None, None, None)
         graph = build_flow_graph(model, records, state["shape"], -1, residual=residual, grouping=grouping,
                                  sink_capacity=sink_capacity)
-        flat = sorted({t for g in token_indices for t in g})
-        pos = {t: j for j, t in enumerate(flat)}
-        groups = [[pos[t] for t in g] for g in token_indices]
         with torch.no_grad():
-            res = (st_flow(graph, flat, mode=mode, tau=tau), cross_attention_attribution(graph, flat),
-                   attention_rollout(graph, flat))
-        state["results"].append([_per_word(r.values, r.heatmaps, groups) for r in res])
+            state["results"].append(_flows(graph, token_indices, mode, tau, companions=True))
         state["steps"].append(i)
         return None
 
@@ -238,15 +238,8 @@ def attribute(
             state["ctx"].__exit__(None, None, None)
     if not state["results"]:
         raise ValueError(f"attribute: no denoising step matched steps={steps!r} ({state['call']} steps ran)")
-    mean = [[torch.stack([r[k][j] for r in state["results"]]).mean(0) for j in range(2)] for k in range(3)]
-    att = Attribution(
-        words=[str(w) for w in words],
-        token_indices=token_indices,
-        values=mean[0][0], heatmaps=mean[0][1],
-        cross_attention_values=mean[1][0], cross_attention=mean[1][1],
-        rollout_values=mean[2][0], rollout=mean[2][1],
-        steps=state["steps"],
-    )
+    mean = [tuple(torch.stack([r[k][j] for r in state["results"]]).mean(0) for j in range(2)) for k in range(3)]
+    att = _attribution([str(w) for w in words], token_indices, mean, state["steps"])
     frames = getattr(output, "frames", None)
     if frames is not None:
         video = np.asarray(frames[0] if isinstance(frames, (list, np.ndarray)) and len(np.shape(frames)) == 5 else frames)
