@@ -82,6 +82,19 @@ struct SoftGradArgs {
   int64_t num_tasks() const { return batch * ceil_div(n, kSoftJT) * ceil_div(k, kSoftRowsPerTask); }
 };
 
+// Scatter of the hard gradient from the encoded winners (tropical_common.h).
+template <class T>
+struct ScatterArgs {
+  const T* g;        // contiguous [batch, m, n] upstream gradient
+  const int32_t* w;  // contiguous [batch, m, n] encoded winners
+  T* da;             // zeroed contiguous [batch, m, k]
+  T* db;             // zeroed contiguous [batch, k, n]
+  int64_t batch, m, n, k;
+  static constexpr int64_t kCols = 16;  // dB column tile of a task
+  int64_t rows_tasks() const { return batch * m; }
+  int64_t cols_tasks() const { return batch * ceil_div(n, kCols); }
+};
+
 template <class T>
 struct KernelTable {
   const char* isa;
@@ -89,6 +102,8 @@ struct KernelTable {
   void (*argmax)(const ArgmaxArgs<T>&, int64_t task);
   void (*soft_fwd)(const SoftFwdArgs<T>&, int64_t task);
   void (*soft_grad)(const SoftGradArgs<T>&, int64_t task);
+  void (*scatter_a)(const ScatterArgs<T>&, int64_t task);  // one row of dA per task
+  void (*scatter_b)(const ScatterArgs<T>&, int64_t task);  // one column tile of dB per task
 };
 
 // Defined in kernels_<isa>.cpp.

@@ -411,7 +411,53 @@ struct Kernels {
     for (int jj = 0; jj < cols; ++jj) row[(j0 + jj) * sj] = tmp[jj];
   }
 
-  static KernelTable<T> table(const char* name) { return {name, &hard, &argmax, &soft_fwd, &soft_grad}; }
+  // ------------------------------------------------------------ hard scatter
+  // dA row: out[r] += g[j] for the outputs whose winner is (A, r). The vector
+  // path (V::kScatter) gathers, adds and scatters W outputs at once when their
+  // rows are distinct (the ISA's conflict detection says so), else goes scalar.
+  static void scatter_a(const ScatterArgs<T>& p, int64_t task) {
+    const int32_t* w = p.w + task * p.n;
+    const T* g = p.g + task * p.n;
+    T* out = p.da + task * p.k;
+    int64_t j = 0;
+    if constexpr (V::kScatter) {
+      for (; j + W <= p.n; j += W)
+        if (!V::scatter_add_to_a(out, w + j, g + j))
+          for (int l = 0; l < W; ++l)
+            if (winner_to_a(w[j + l])) out[w[j + l]] += g[j + l];
+    }
+    for (; j < p.n; ++j)
+      if (winner_to_a(w[j])) out[w[j]] += g[j];
+  }
+
+  // dB column tile: out[r, j] += g[i, j] for the outputs whose winner is (B, r).
+  // The tile's rows lie n apart in dB and would share a few cache sets, so the
+  // sums go to a contiguous k x kCols slab first, copied out once. Lanes are
+  // distinct columns, so a vector never adds twice to one element.
+  static void scatter_b(const ScatterArgs<T>& p, int64_t task) {
+    constexpr int64_t C = ScatterArgs<T>::kCols;
+    const int64_t tiles = ceil_div(p.n, C);
+    const int64_t bi = task / tiles, j0 = (task % tiles) * C, j1 = std::min(p.n, j0 + C);
+    thread_local std::vector<T> slab;
+    slab.assign(size_t(p.k * C), T(0));
+    for (int64_t i = 0; i < p.m; ++i) {
+      const int32_t* w = p.w + (bi * p.m + i) * p.n;
+      const T* g = p.g + (bi * p.m + i) * p.n;
+      int64_t j = j0;
+      if constexpr (V::kScatter) {
+        for (; j + W <= j1; j += W) V::scatter_add_to_b(slab.data() + (j - j0), w + j, g + j, C);
+      }
+      for (; j < j1; ++j)
+        if (!winner_to_a(w[j])) slab[size_t(winner_index(w[j]) * C + (j - j0))] += g[j];
+    }
+    T* out = p.db + bi * p.k * p.n;
+    for (int64_t r = 0; r < p.k; ++r)
+      for (int64_t jj = j0; jj < j1; ++jj) out[r * p.n + jj] = slab[size_t(r * C + (jj - j0))];
+  }
+
+  static KernelTable<T> table(const char* name) {
+    return {name, &hard, &argmax, &soft_fwd, &soft_grad, &scatter_a, &scatter_b};
+  }
 };
 
 }  // namespace cpu

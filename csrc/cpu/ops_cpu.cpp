@@ -21,7 +21,7 @@ namespace {
 bool cpu_has(const char* feature) {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
-  if (std::string(feature) == "avx512") return __builtin_cpu_supports("avx512f");
+  if (std::string(feature) == "avx512") return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd");
   if (std::string(feature) == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
   return std::string(feature) == "scalar";
@@ -158,32 +158,16 @@ std::tuple<at::Tensor, at::Tensor> hard_backward(const at::Tensor& grad_in, cons
   TORCH_CHECK(win.sizes() == at::IntArrayRef({batch, m, n}) && win.scalar_type() == at::kInt,
               "vico_flow._C.hard_backward: winners must be int32 [b,m,n]");
   at::Tensor dA = at::zeros({batch, m, k}, A_in.options().dtype(ct));
-  at::Tensor dB = at::zeros({batch, k, n}, A_in.options().dtype(ct));
+  // dB is written whole by the column-tile slabs; zeros only when no task runs
+  at::Tensor dB = (k > 0 && m > 0 && n > 0) ? at::empty({batch, k, n}, A_in.options().dtype(ct))
+                                             : at::zeros({batch, k, n}, A_in.options().dtype(ct));
   if (k > 0 && m > 0 && n > 0) {
     AT_DISPATCH_FLOATING_TYPES(ct, "vico_flow_hard_backward", [&] {
-      const scalar_t* g = G.data_ptr<scalar_t>();
-      const int32_t* w = win.data_ptr<int32_t>();
-      scalar_t* da = dA.data_ptr<scalar_t>();
-      scalar_t* db = dB.data_ptr<scalar_t>();
-      run_tasks(batch * m, [&](int64_t t) {
-        const int32_t* wr = w + t * n;
-        const scalar_t* gr = g + t * n;
-        scalar_t* out = da + t * k;
-        for (int64_t j = 0; j < n; ++j)
-          if (winner_to_a(wr[j])) out[wr[j]] += gr[j];
-      });
-      constexpr int64_t kCols = 16;
-      const int64_t col_tiles = ceil_div(n, kCols);
-      run_tasks(batch * col_tiles, [&](int64_t t) {
-        const int64_t bi = t / col_tiles, j0 = (t % col_tiles) * kCols, j1 = std::min(n, j0 + kCols);
-        scalar_t* out = db + bi * k * n;
-        for (int64_t i = 0; i < m; ++i) {
-          const int32_t* wr = w + (bi * m + i) * n;
-          const scalar_t* gr = g + (bi * m + i) * n;
-          for (int64_t j = j0; j < j1; ++j)
-            if (!winner_to_a(wr[j])) out[winner_index(wr[j]) * n + j] += gr[j];
-        }
-      });
+      ScatterArgs<scalar_t> p{G.data_ptr<scalar_t>(), win.data_ptr<int32_t>(), dA.data_ptr<scalar_t>(),
+                              dB.data_ptr<scalar_t>(), batch, m, n, k};
+      const auto& kt = table_for<scalar_t>();
+      run_tasks(p.rows_tasks(), [&](int64_t t) { kt.scatter_a(p, t); });
+      run_tasks(p.cols_tasks(), [&](int64_t t) { kt.scatter_b(p, t); });
     });
   }
   return {dA.to(A_in.scalar_type()), dB.to(A_in.scalar_type())};
