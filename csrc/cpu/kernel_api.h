@@ -69,16 +69,18 @@ struct SoftFwdArgs {
 
 template <class T>
 struct SoftGradArgs {
-  const T* at;    // contiguous [batch, k, m], A^T * s
-  const T* bs;    // contiguous [batch, k, n], B * s
-  const T* cs;    // contiguous [batch, m, n], C * s (0 where C is not finite)
+  // Unscaled operands: the kernel multiplies by `scale` (s = log2(e)/tau) as it
+  // loads them, so the caller makes no scaled copies.
+  const T* at;    // contiguous [batch, k, m], A^T
+  const T* bs;    // contiguous [batch, k, n], B
+  const T* cs;    // contiguous [batch, m, n], C (0 where C is not finite)
   const T* g;     // contiguous [batch, m, n], upstream gradient (0 where C is not finite)
   const T* cmin;  // contiguous [batch, m, ceil(n/kSoftJT)]: min finite cs of the tile, +inf if none
   T* db;          // dC/dB[b, r, j] at db + b*db_sb + r*db_sr + j*db_sj (db_sj == 1: vector stores;
                   // otherwise strided, e.g. dA written in place by the transposed call)
   int64_t db_sb, db_sr, db_sj;
   int64_t batch, m, n, k;
-  T cut;
+  T scale, cut;
   int64_t num_tasks() const { return batch * ceil_div(n, kSoftJT) * ceil_div(k, kSoftRowsPerTask); }
 };
 

@@ -358,22 +358,23 @@ struct Kernels {
       int64_t na = 0;
       for (int64_t i = 0; i < p.m; ++i) {
         active[size_t(na)] = int32_t(i);
-        na += (at[i] >= cmin[i * tiles_n] - p.cut);
+        na += (at[i] * p.scale >= cmin[i * tiles_n] - p.cut);
       }
+      const reg sv = V::set1(p.scale);
       for (int64_t j0 = j_begin; j0 < j_end; j0 += G) {
         const int cols = int(std::min<int64_t>(G, j_end - j0));
         reg bv[NV], acc[NV];
         for (int v = 0; v < NV; ++v) {
-          bv[v] = V::load_partial(brow + j0 + v * W, cols - v * W, T(0));
+          bv[v] = V::mul(V::load_partial(brow + j0 + v * W, cols - v * W, T(0)), sv);
           acc[v] = V::zero();
         }
         if (cols == G) {
           for (int64_t q = 0; q < na; ++q) {
             const int64_t i = active[size_t(q)];
-            const reg av = V::set1(at[i]);
+            const reg av = V::set1(at[i] * p.scale);
 #pragma GCC unroll 8
             for (int v = 0; v < NV; ++v) {
-              const reg cv = V::load(cs + i * p.n + j0 + v * W);
+              const reg cv = V::mul(V::load(cs + i * p.n + j0 + v * W), sv);
               const reg u = V::exp2(V::sub(cv, av)), w = V::exp2(V::sub(cv, bv[v]));
               const reg pr = V::rcp(V::add(u, w));
               acc[v] = V::add(acc[v], V::mul(V::load(g + i * p.n + j0 + v * W), V::mul(V::mul(w, pr), pr)));
@@ -384,9 +385,9 @@ struct Kernels {
           const int nv = int(ceil_div(cols, W));  // vectors that hold columns
           for (int64_t q = 0; q < na; ++q) {
             const int64_t i = active[size_t(q)];
-            const reg av = V::set1(at[i]);
+            const reg av = V::set1(at[i] * p.scale);
             for (int v = 0; v < nv; ++v) {
-              const reg cv = V::load_partial(cs + i * p.n + j0 + v * W, cols - v * W, T(0));
+              const reg cv = V::mul(V::load_partial(cs + i * p.n + j0 + v * W, cols - v * W, T(0)), sv);
               const reg u = V::exp2(V::sub(cv, av)), w = V::exp2(V::sub(cv, bv[v]));
               const reg pr = V::rcp(V::add(u, w));
               const reg gv = V::load_partial(g + i * p.n + j0 + v * W, cols - v * W, T(0));

@@ -195,11 +195,11 @@ at::Tensor soft_forward(const at::Tensor& A_in, const at::Tensor& B_in, double t
 
 namespace {
 
-// Per row, the minimum over each kSoftJT column tile of Cs where C is finite
+// Per row, the minimum over each kSoftJT column tile of C * s where C is finite
 // (+inf when the tile has none): the skip threshold of Kernels::soft_grad.
 // An undefined mask means every C is finite.
 template <class T>
-at::Tensor tile_min_finite(const at::Tensor& Cs, const at::Tensor& not_finite) {
+at::Tensor tile_min_finite(const at::Tensor& Cs, const at::Tensor& not_finite, double s) {
   const int64_t batch = Cs.size(0), m = Cs.size(1), n = Cs.size(2), tiles = ceil_div(n, kSoftJT);
   at::Tensor out = at::empty({batch, m, tiles}, Cs.options());
   const T* c = Cs.data_ptr<T>();
@@ -209,7 +209,7 @@ at::Tensor tile_min_finite(const at::Tensor& Cs, const at::Tensor& not_finite) {
     for (int64_t t = 0; t < tiles; ++t) {
       T best = std::numeric_limits<T>::infinity();
       for (int64_t j = t * kSoftJT; j < std::min(n, (t + 1) * kSoftJT); ++j)
-        if (!skip || !skip[row * n + j]) best = std::min(best, c[row * n + j]);
+        if (!skip || !skip[row * n + j]) best = std::min(best, T(c[row * n + j] * s));
       o[row * tiles + t] = best;
     }
   });
@@ -217,18 +217,18 @@ at::Tensor tile_min_finite(const at::Tensor& Cs, const at::Tensor& not_finite) {
 }
 
 // dC/dB of C = A (soft max,min) B (see Kernels::soft_grad) from contiguous
-// scaled operands: Ats = A^T s [b,k,m], Bs = B s [b,k,n], Cs = C s and G with
-// zeros where C is not finite [b,m,n], and that mask (bool [b,m,n]).
+// unscaled operands At = A^T [b,k,m], B [b,k,n], C and G with zeros where C is
+// not finite [b,m,n], and that mask (bool [b,m,n], undefined when all finite).
 // The result goes into `out`, viewed as [b, k, n] (any strides: the transposed
 // call writes dA [b, m, k] through its transpose).
 template <class T>
-void soft_grad_rhs(const at::Tensor& Ats, const at::Tensor& Bs, const at::Tensor& Cs, const at::Tensor& G,
-                   const at::Tensor& not_finite, at::Tensor out) {
-  const int64_t batch = Bs.size(0), k = Bs.size(1), n = Bs.size(2), m = Cs.size(1);
-  const at::Tensor cmin = tile_min_finite<T>(Cs, not_finite);
-  SoftGradArgs<T> p{Ats.data_ptr<T>(), Bs.data_ptr<T>(), Cs.data_ptr<T>(), G.data_ptr<T>(), cmin.data_ptr<T>(),
+void soft_grad_rhs(const at::Tensor& At, const at::Tensor& B, const at::Tensor& C, const at::Tensor& G,
+                   const at::Tensor& not_finite, double s, at::Tensor out) {
+  const int64_t batch = B.size(0), k = B.size(1), n = B.size(2), m = C.size(1);
+  const at::Tensor cmin = tile_min_finite<T>(C, not_finite, s);
+  SoftGradArgs<T> p{At.data_ptr<T>(), B.data_ptr<T>(), C.data_ptr<T>(), G.data_ptr<T>(), cmin.data_ptr<T>(),
                     out.data_ptr<T>(), out.stride(0), out.stride(1), out.stride(2),
-                    batch, m, n, k, T(soft_cutoff(k > m ? k : m))};
+                    batch, m, n, k, T(s), T(soft_cutoff(k > m ? k : m))};
   const auto& kt = table_for<T>();
   run_tasks(p.num_tasks(), [&](int64_t t) { kt.soft_grad(p, t); });
 }
@@ -237,9 +237,9 @@ void soft_grad_rhs(const at::Tensor& Ats, const at::Tensor& Bs, const at::Tensor
 
 // Both gradients of the soft product, recomputed from A, B and C. dC/dA is the
 // right-hand gradient of the transposed product C^T = B^T (max,min) A^T, so one
-// kernel serves both; the scaled operands are shared between the two calls
-// (A^T s and B s swap roles), the transposed C and G replace the originals, and
-// dA is written in place: about four [m,n]-or-[k,n]-sized temporaries.
+// kernel serves both; it scales operands as it loads them, A^T is shared by the
+// two calls, the transposed C and G replace the originals, and dA is written in
+// place: about three [m,n]-or-[k,n]-sized temporaries (A^T, C^T, G^T).
 std::tuple<at::Tensor, at::Tensor> soft_backward(const at::Tensor& grad_in, const at::Tensor& A_in, const at::Tensor& B_in,
                                                  const at::Tensor& C_in, double tau) {
   check_3d(A_in, B_in);
@@ -250,31 +250,27 @@ std::tuple<at::Tensor, at::Tensor> soft_backward(const at::Tensor& grad_in, cons
   at::Tensor dA, dB;
   AT_DISPATCH_FLOATING_TYPES(ct, "vico_flow_soft_backward", [&] {
     const double s = kLog2e / tau;
-    const at::Tensor C = C_in.to(ct);
-    // Outputs at +-inf pass no gradient; the usual all-finite case needs no mask
-    // and no copy of the upstream gradient.
-    at::Tensor not_finite = at::isfinite(C).logical_not_();
+    // Outputs at +-inf pass no gradient: zero C and g there (copies only then).
+    at::Tensor not_finite = at::isfinite(C_in).logical_not_();
     const bool any_inf = not_finite.any().item<bool>();
     not_finite = any_inf ? not_finite.contiguous() : at::Tensor();
-    at::Tensor Cs = (C * s).contiguous();
+    at::Tensor C = C_in.to(ct).contiguous();
     at::Tensor G = grad_in.to(ct).contiguous();
     if (any_inf) {
-      Cs.masked_fill_(not_finite, 0);
+      C = C.masked_fill(not_finite, 0);
       G = G.masked_fill(not_finite, 0);
     }
-    const at::Tensor Ats = transposed_copy<scalar_t>(A_in.to(ct)).mul_(s);  // [b,k,m]
-    const at::Tensor Bs = (B_in.to(ct) * s).contiguous();                   // [b,k,n]
-    dB = at::empty({batch, k, n}, Bs.options());
-    soft_grad_rhs<scalar_t>(Ats, Bs, Cs, G, not_finite, dB);
-    // Transposed operands for the dA pass, built so that no original and its
-    // transpose are alive together (Cs^T comes from C, which the caller holds).
-    Cs.reset();
+    const at::Tensor At = transposed_copy<scalar_t>(A_in.to(ct));  // [b,k,m]
+    const at::Tensor B = B_in.to(ct).contiguous();                 // [b,k,n]
+    dB = at::empty({batch, k, n}, B.options());
+    soft_grad_rhs<scalar_t>(At, B, C, G, not_finite, s, dB);
+    // dA^T is the right-hand gradient of C^T = B^T (max,min) A^T: the roles of
+    // At and B swap; C and G are replaced by their transposes one at a time.
     G = transposed_copy<scalar_t>(G);
+    C = transposed_copy<scalar_t>(C);
     if (any_inf) not_finite = transposed_copy<bool>(not_finite);
-    Cs = transposed_copy<scalar_t>(C).mul_(s);
-    if (any_inf) Cs.masked_fill_(not_finite, 0);
-    dA = at::empty({batch, m, k}, Bs.options());
-    soft_grad_rhs<scalar_t>(Bs, Ats, Cs, G, not_finite, dA.transpose(1, 2));
+    dA = at::empty({batch, m, k}, B.options());
+    soft_grad_rhs<scalar_t>(B, At, C, G, not_finite, s, dA.transpose(1, 2));
   });
   return {dA.to(A_in.scalar_type()), dB.to(A_in.scalar_type())};
 }
