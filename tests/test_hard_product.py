@@ -114,21 +114,36 @@ def test_tie_rules_by_hand():
     assert torch.equal(A.grad, torch.zeros(1, 2)) and torch.equal(B.grad, torch.tensor([[1.0], [0.0]]))
 
 
-def test_ties_across_depth_chunks():
-    # The CPU kernel tracks the winning depth chunk (64 wide with argmax): equal
-    # maxima in later chunks must not move the argmax off the first r.
-    k = 300
-    A = torch.zeros(4, k)
+@pytest.mark.parametrize("m", [4, 40])  # B searched in place / through its transposed copy
+def test_ties_across_sub_chunks_and_chunks(isa, m):
+    # The CPU kernel notes in which 16-deep sub-chunk each max was first reached
+    # while it computes (in depth chunks of 256), then searches that sub-chunk.
+    # Equal maxima later in the same sub-chunk, in later sub-chunks and in later
+    # chunks must not move the argmax off the first r.
+    k = 600
+    A = torch.zeros(m, k)
     B = torch.zeros(k, 70)
-    A[:, [5, 64, 130, 299]] = 1.0
-    B[[5, 64, 130, 299], :] = 1.0
+    ties = [5, 9, 64, 130, 256, 299, 599]
+    A[:, ties] = 1.0
+    B[ties, :] = 1.0
+    for first in (5, 9, 64, 130, 256):
+        C, idx = vico_flow.minmax_matmul_with_argmax(A, B)
+        assert bool((C == 1).all()) and bool((idx == first).all()), first
+        A[:, first] = 0.5  # no longer a maximum: the next tie wins
+    A[:, 520] = 2.0  # a strictly larger max in the third chunk, tied again at 599
+    B[[520, 599], :] = 2.0
+    A[:, 599] = 2.0
     C, idx = vico_flow.minmax_matmul_with_argmax(A, B)
-    assert bool((C == 1).all()) and bool((idx == 5).all())
-    A[:, 5] = 0.5
-    B[200, :] = 7.0
-    A[:, 200] = 1.0
-    C, idx = vico_flow.minmax_matmul_with_argmax(A, B)
-    assert bool((idx == 64).all())
+    assert bool((C == 2).all()) and bool((idx == 520).all())
+
+
+@pytest.mark.parametrize("m,k,n", [(33, 257, 70), (50, 300, 301), (40, 513, 64), (64, 700, 129)])
+@pytest.mark.parametrize("kind", ["uniform", "ties", "inf"])
+def test_deep_products_bit_identical(isa, m, k, n, kind):
+    # Several depth chunks, a ragged last sub-chunk, and enough rows for the
+    # winner search to go through the transposed copy of B.
+    g = torch.Generator().manual_seed(k + n)
+    check_exact(rand(m, k, kind=kind, gen=g), rand(k, n, kind=kind, gen=g))
 
 
 def test_half_precision_grads_match_reference(isa):

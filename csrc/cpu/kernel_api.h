@@ -11,13 +11,17 @@ namespace cpu {
 // Cache tiling of the hard product (same for every ISA, so task counts are
 // ISA independent). mc rows x NC columns of C per task (mc a multiple of
 // kHardMC, chosen per call: larger blocks re-pack B less often), depth in
-// chunks of kc.
+// chunks of kHardKC.
 constexpr int64_t kHardMC = 48;
 constexpr int64_t kHardNC = 256;
 constexpr int64_t kHardKC = 256;
-// Depth chunk when the argmax is wanted: the backward re-finds the winning r
-// inside its chunk, so smaller chunks make that search shorter.
-constexpr int64_t kHardKCArgmax = 64;
+// When the argmax is wanted, the register tile also notes in which kHardSub-deep
+// sub-chunk its running max last grew (a compare against a snapshot in L1 per
+// sub-chunk, ~3% of the arithmetic). The exact r is then one vector compare of
+// 16 values away; see Kernels::argmax.
+constexpr int64_t kHardSub = 16;
+static_assert(kHardKC % kHardSub == 0, "depth chunks hold whole sub-chunks");
+
 // Column tile of the soft kernels: the skip list of a row is built per tile.
 constexpr int64_t kSoftJT = 256;
 constexpr int64_t kSoftRowsPerTask = 8;
@@ -30,14 +34,14 @@ struct HardArgs {
   int64_t a_sb, a_si, a_sr;
   const T* b;  // B[b, r, j]
   int64_t b_sb, b_sr, b_sj;
-  T* c;            // contiguous [batch, m, n]
-  int32_t* chunk;  // nullable; contiguous [batch, m, n]: depth chunk of the first max
-  int64_t batch, m, n, k, kc, mc;
+  T* c;          // contiguous [batch, m, n]
+  int32_t* sub;  // nullable; contiguous [batch, m, n]: the kHardSub-deep sub-chunk of the first max
+  int64_t batch, m, n, k, mc;
   // Many small products (n below one register tile, k within one chunk, e.g.
   // the per-pixel temporal blocks of a video): a task takes kSmallBatch whole
   // products and skips the cache tiling, whose padding would waste most lanes.
   static constexpr int64_t kSmallBatch = 32;
-  bool small() const { return n <= 32 && k <= kc && m <= 64; }
+  bool small() const { return n <= 32 && k <= kHardKC && m <= 64; }
   int64_t num_tasks() const {
     return small() ? ceil_div(batch, kSmallBatch) : batch * ceil_div(m, mc) * ceil_div(n, kHardNC);
   }
@@ -49,12 +53,16 @@ struct ArgmaxArgs {
   const T* bt;   // B[b, r, j] at bt + b*bt_sb + j*bt_sj + r*bt_sr (a contiguous transpose: bt_sr == 1)
   int64_t bt_sb, bt_sj, bt_sr;
   const T* c;    // contiguous [batch, m, n]
-  int32_t* idx;  // in: winning chunk, out: encode_winner(first r reaching C, A <= B there)
-  int64_t batch, m, n, k, kc;
-  // Tiles of kArgmaxTile x kArgmaxTile outputs: their A rows and B^T rows
-  // (2 x 64 x k values) stay in L2 while the tile's chunks are searched.
-  static constexpr int64_t kArgmaxTile = 64;
-  int64_t num_tasks() const { return batch * ceil_div(m, kArgmaxTile) * ceil_div(n, kArgmaxTile); }
+  int32_t* idx;  // in: winning sub-chunk (HardArgs::sub), out: encode_winner(first r reaching C, A <= B there)
+  int64_t batch, m, n, k;
+  // kRows rows per task, visited kCols columns at a time: the row of A stays
+  // in L1, and the B^T rows of a column block (a few hundred pages) stay in
+  // the TLB while the task's rows pass over them. An output needs one
+  // sub-chunk of each (for B^T one cache line), fetched kAhead outputs ahead.
+  static constexpr int64_t kRows = 8;
+  static constexpr int64_t kCols = 256;
+  static constexpr int64_t kAhead = 16;
+  int64_t num_tasks() const { return batch * ceil_div(m, kRows); }
 };
 
 template <class T>
@@ -89,8 +97,8 @@ template <class T>
 struct ScatterArgs {
   const T* g;        // contiguous [batch, m, n] upstream gradient
   const int32_t* w;  // contiguous [batch, m, n] encoded winners
-  T* da;             // zeroed contiguous [batch, m, k]
-  T* db;             // zeroed contiguous [batch, k, n]
+  T* da;             // contiguous [batch, m, k], written whole
+  T* db;             // contiguous [batch, k, n], written whole
   int64_t batch, m, n, k;
   static constexpr int64_t kCols = 16;  // dB column tile of a task
   int64_t rows_tasks() const { return batch * m; }
@@ -101,7 +109,7 @@ template <class T>
 struct KernelTable {
   const char* isa;
   void (*hard)(const HardArgs<T>&, int64_t task);
-  void (*argmax)(const ArgmaxArgs<T>&, int64_t task);
+  void (*argmax)(const ArgmaxArgs<T>&, int64_t task);  // winner search after `hard` with HardArgs::sub
   void (*soft_fwd)(const SoftFwdArgs<T>&, int64_t task);
   void (*soft_grad)(const SoftGradArgs<T>&, int64_t task);
   void (*scatter_a)(const ScatterArgs<T>&, int64_t task);  // one row of dA per task

@@ -30,29 +30,31 @@ struct Kernels {
   static T pos_inf() { return std::numeric_limits<T>::infinity(); }
 
   // ------------------------------------------------------------ hard forward
-  // Packs A[ic:ic+mc, r0:r0+kc] as MR-row strips, r-major (one strip = kc x MR),
-  // padding missing rows with -inf (the identity of max, so pads never win).
-  static void pack_a(const HardArgs<T>& p, int64_t bi, int64_t ic, int64_t mc, int64_t r0, int64_t kc, T* dst) {
+  // Packs A[ic:ic+mc, r0:r0+kc] as MR-row strips, r-major (one strip = kp x MR),
+  // padding missing rows and the depth beyond kc up to kp with -inf: the
+  // identity of max, so pads never win (and never strictly raise a max).
+  static void pack_a(const HardArgs<T>& p, int64_t bi, int64_t ic, int64_t mc, int64_t r0, int64_t kc, int64_t kp, T* dst) {
     const T* a = p.a + bi * p.a_sb;
     for (int64_t s = 0; s < mc; s += MR) {
-      T* strip = dst + (s / MR) * kc * MR;
+      T* strip = dst + (s / MR) * kp * MR;
       for (int ii = 0; ii < MR; ++ii) {
         const int64_t i = ic + s + ii;
         if (s + ii < mc) {
           const T* row = a + i * p.a_si + r0 * p.a_sr;
           for (int64_t r = 0; r < kc; ++r) strip[r * MR + ii] = row[r * p.a_sr];
+          for (int64_t r = kc; r < kp; ++r) strip[r * MR + ii] = neg_inf();
         } else {
-          for (int64_t r = 0; r < kc; ++r) strip[r * MR + ii] = neg_inf();
+          for (int64_t r = 0; r < kp; ++r) strip[r * MR + ii] = neg_inf();
         }
       }
     }
   }
 
-  // Packs B[r0:r0+kc, jc:jc+nc] as NR-column strips (one strip = kc x NR).
-  static void pack_b(const HardArgs<T>& p, int64_t bi, int64_t jc, int64_t nc, int64_t r0, int64_t kc, T* dst) {
+  // Packs B[r0:r0+kc, jc:jc+nc] as NR-column strips (one strip = kp x NR).
+  static void pack_b(const HardArgs<T>& p, int64_t bi, int64_t jc, int64_t nc, int64_t r0, int64_t kc, int64_t kp, T* dst) {
     const T* b = p.b + bi * p.b_sb;
     for (int64_t t = 0; t < nc; t += NR) {
-      T* strip = dst + (t / NR) * kc * NR;
+      T* strip = dst + (t / NR) * kp * NR;
       const int64_t cols = std::min<int64_t>(NR, nc - t);
       for (int64_t r = 0; r < kc; ++r) {
         const T* row = b + (r0 + r) * p.b_sr + (jc + t) * p.b_sj;
@@ -64,6 +66,31 @@ struct Kernels {
         }
         for (int64_t jj = cols; jj < NR; ++jj) out[jj] = neg_inf();
       }
+      std::fill(strip + kc * NR, strip + kp * NR, neg_inf());
+    }
+  }
+
+  // Where the argmax tracking of one register tile writes, per output: the
+  // sub-chunk in which the running max last grew strictly, i.e. where the
+  // first r reaching the max of the depth chunk lies. Stays in L1.
+  struct Track {
+    alignas(64) int32_t ids[MR * NR];
+  };
+
+  // acc[i][v] = max(acc, max over r in [r0, r1) of min(ap[r][i], bp[r][v]))
+  // for the first R rows of the A strip at ap (a strip row holds MR values).
+  template <int R>
+  static inline void steps(const T* ap, const T* bp, int64_t r0, int64_t r1, reg (&acc)[R][V::hard_nv]) {
+    for (int64_t r = r0; r < r1; ++r) {
+      reg bv[V::hard_nv];
+#pragma GCC unroll 8
+      for (int v = 0; v < V::hard_nv; ++v) bv[v] = V::load(bp + r * NR + v * W);
+#pragma GCC unroll 8
+      for (int i = 0; i < R; ++i) {
+        const reg av = V::set1(ap[r * MR + i]);
+#pragma GCC unroll 8
+        for (int v = 0; v < V::hard_nv; ++v) acc[i][v] = V::max(acc[i][v], V::min(av, bv[v]));
+      }
     }
   }
 
@@ -73,40 +100,72 @@ struct Kernels {
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 8
       for (int v = 0; v < V::hard_nv; ++v) acc[i][v] = V::set1(neg_inf());
-    for (int64_t r = 0; r < kc; ++r) {
-      reg bv[V::hard_nv];
+    steps<MR>(ap, bp, 0, kc, acc);
+  }
+
+  // The same tile with the argmax tracking: tr->ids = the global sub-chunk
+  // (sub0 + r / kHardSub) of the first r reaching each max. The running max
+  // grows strictly for the last time in that sub-chunk, so comparing the
+  // accumulators with a copy taken before each sub-chunk finds it without
+  // touching the per-triple arithmetic. The copy must stay in registers (a
+  // burst of stores per sub-chunk would fill the store queue), so the tile is
+  // computed as two halves of MR/2 rows over the same B strip. kc is a whole
+  // number of sub-chunks (the packing pads the depth with -inf).
+  static inline void micro_tracked(const T* ap, const T* bp, int64_t kc, reg (&out)[MR][V::hard_nv], Track* tr,
+                                   int32_t sub0) {
+    static_assert(MR % 2 == 0, "the tracked tile runs two halves");
+    constexpr int H = MR / 2;
+    std::fill(tr->ids, tr->ids + MR * NR, sub0);  // where the max stays -inf, the first r holds it
+#pragma GCC unroll 2
+    for (int half = 0; half < 2; ++half) {
+      const T* aph = ap + half * H;
+      int32_t* ids = tr->ids + half * H * NR;
+      reg acc[H][V::hard_nv];
 #pragma GCC unroll 8
-      for (int v = 0; v < V::hard_nv; ++v) bv[v] = V::load(bp + r * NR + v * W);
+      for (int i = 0; i < H; ++i)
 #pragma GCC unroll 8
-      for (int i = 0; i < MR; ++i) {
-        const reg av = V::set1(ap[r * MR + i]);
+        for (int v = 0; v < V::hard_nv; ++v) acc[i][v] = V::set1(neg_inf());
+      for (int64_t r0 = 0; r0 < kc; r0 += kHardSub) {
+        reg before[H][V::hard_nv];
 #pragma GCC unroll 8
-        for (int v = 0; v < V::hard_nv; ++v) acc[i][v] = V::max(acc[i][v], V::min(av, bv[v]));
+        for (int i = 0; i < H; ++i)
+#pragma GCC unroll 8
+          for (int v = 0; v < V::hard_nv; ++v) before[i][v] = acc[i][v];
+        steps<H>(aph, bp, r0, r0 + kHardSub, acc);
+        const int32_t sub = sub0 + int32_t(r0 / kHardSub);
+#pragma GCC unroll 8
+        for (int i = 0; i < H; ++i)
+#pragma GCC unroll 8
+          for (int v = 0; v < V::hard_nv; ++v) V::track(before[i][v], acc[i][v], ids + i * NR + v * W, sub);
       }
+#pragma GCC unroll 8
+      for (int i = 0; i < H; ++i)
+#pragma GCC unroll 8
+        for (int v = 0; v < V::hard_nv; ++v) out[half * H + i][v] = acc[i][v];
     }
   }
 
   // Merges a register tile into C: the first depth chunk overwrites, later
-  // ones take the max and (with `chunk`) record where a strictly larger value
-  // came from, which keeps the first-index tie rule across chunks.
-  static void store_tile(const HardArgs<T>& p, reg (&acc)[MR][V::hard_nv], int64_t bi, int64_t i0, int64_t j0,
-                         int rows, int cols, int64_t chunk_id) {
+  // ones take the max and (with `tr`) copy the sub-chunk of a strictly larger
+  // value, which keeps the first-index tie rule across chunks.
+  static void store_tile(const HardArgs<T>& p, reg (&acc)[MR][V::hard_nv], const Track* tr, int64_t bi, int64_t i0,
+                         int64_t j0, int rows, int cols, bool first_chunk) {
     T* c = p.c + (bi * p.m + i0) * p.n + j0;
-    int32_t* ch = p.chunk ? p.chunk + (bi * p.m + i0) * p.n + j0 : nullptr;
+    int32_t* sub = tr ? p.sub + (bi * p.m + i0) * p.n + j0 : nullptr;
     if (rows == MR && cols == NR) {
       for (int i = 0; i < MR; ++i)
         for (int v = 0; v < V::hard_nv; ++v) {
           T* cp = c + i * p.n + v * W;
-          if (chunk_id == 0) {
+          if (first_chunk) {
             V::store(cp, acc[i][v]);
-          } else if (ch) {
-            V::merge_max_track(cp, ch + i * p.n + v * W, acc[i][v], int32_t(chunk_id));
+          } else if (tr) {
+            V::merge_max_track(cp, sub + i * p.n + v * W, acc[i][v], tr->ids + i * NR + v * W);
           } else {
             V::merge_max(cp, acc[i][v]);
           }
         }
-      if (ch && chunk_id == 0)
-        for (int i = 0; i < MR; ++i) std::fill(ch + i * p.n, ch + i * p.n + NR, 0);
+      if (tr && first_chunk)
+        for (int i = 0; i < MR; ++i) std::copy(tr->ids + i * NR, tr->ids + (i + 1) * NR, sub + i * p.n);
       return;
     }
     T tmp[NR];
@@ -114,12 +173,9 @@ struct Kernels {
       for (int v = 0; v < V::hard_nv; ++v) V::store_lanes(tmp + v * W, acc[i][v]);
       for (int j = 0; j < cols; ++j) {
         T* cp = c + i * p.n + j;
-        if (chunk_id == 0) {
+        if (first_chunk || hard_replaces(tmp[j], *cp)) {
           *cp = tmp[j];
-          if (ch) ch[i * p.n + j] = 0;
-        } else if (hard_replaces(tmp[j], *cp)) {
-          *cp = tmp[j];
-          if (ch) ch[i * p.n + j] = int32_t(chunk_id);
+          if (tr) sub[i * p.n + j] = tr->ids[i * NR + j];
         }
       }
     }
@@ -142,17 +198,27 @@ struct Kernels {
       for (int64_t i0 = 0; i0 < p.m; i0 += RB) {
         const int rows = int(std::min<int64_t>(RB, p.m - i0));
         for (int64_t j0 = 0; j0 < p.n; j0 += W) {
-          reg acc[RB];
+          reg acc[RB], before[RB];
+          int32_t ids[RB][W] = {};
           for (int ii = 0; ii < RB; ++ii) acc[ii] = V::set1(neg_inf());
-          for (int64_t r = 0; r < p.k; ++r) {
-            const reg bv = V::load(bbuf.data() + r * npad + j0);
-            for (int ii = 0; ii < rows; ++ii)
-              acc[ii] = V::max(acc[ii], V::min(V::set1(a[(i0 + ii) * p.a_si + r * p.a_sr]), bv));
+          for (int64_t r0 = 0; r0 < p.k; r0 += kHardSub) {  // sub-chunk tracking as in micro_tracked()
+            for (int ii = 0; ii < RB; ++ii) before[ii] = acc[ii];
+            for (int64_t r = r0; r < std::min(p.k, r0 + kHardSub); ++r) {
+              const reg bv = V::load(bbuf.data() + r * npad + j0);
+              for (int ii = 0; ii < rows; ++ii)
+                acc[ii] = V::max(acc[ii], V::min(V::set1(a[(i0 + ii) * p.a_si + r * p.a_sr]), bv));
+            }
+            if (p.sub && r0 > 0)
+              for (int ii = 0; ii < rows; ++ii) V::track(before[ii], acc[ii], ids[ii], int32_t(r0 / kHardSub));
           }
-          for (int ii = 0; ii < rows; ++ii) V::store_partial(p.c + (bi * p.m + i0 + ii) * p.n + j0, acc[ii], int(p.n - j0));
+          const int cols = int(std::min<int64_t>(W, p.n - j0));
+          for (int ii = 0; ii < rows; ++ii) {
+            const int64_t out = (bi * p.m + i0 + ii) * p.n + j0;
+            V::store_partial(p.c + out, acc[ii], cols);
+            if (p.sub) std::copy(ids[ii], ids[ii] + cols, p.sub + out);
+          }
         }
       }
-      if (p.chunk) std::fill(p.chunk + bi * p.m * p.n, p.chunk + (bi + 1) * p.m * p.n, 0);
     }
   }
 
@@ -165,102 +231,103 @@ struct Kernels {
     if (p.k == 0) {  // empty max: -inf everywhere
       for (int64_t i = 0; i < mc; ++i) {
         std::fill(p.c + (bi * p.m + ic + i) * p.n + jc, p.c + (bi * p.m + ic + i) * p.n + jc + nc, neg_inf());
-        if (p.chunk) std::fill(p.chunk + (bi * p.m + ic + i) * p.n + jc, p.chunk + (bi * p.m + ic + i) * p.n + jc + nc, 0);
+        if (p.sub) std::fill(p.sub + (bi * p.m + ic + i) * p.n + jc, p.sub + (bi * p.m + ic + i) * p.n + jc + nc, 0);
       }
       return;
     }
     thread_local std::vector<T> abuf, bbuf;
+    thread_local Track track;
+    Track* tr = p.sub ? &track : nullptr;
     const int64_t mc_pad = ceil_div(mc, MR) * MR, nc_pad = ceil_div(nc, NR) * NR;
-    abuf.resize(size_t(mc_pad * p.kc));
-    bbuf.resize(size_t(nc_pad * p.kc));
-    for (int64_t r0 = 0, chunk_id = 0; r0 < p.k; r0 += p.kc, ++chunk_id) {
-      const int64_t kc = std::min(p.kc, p.k - r0);
-      pack_b(p, bi, jc, nc, r0, kc, bbuf.data());
-      pack_a(p, bi, ic, mc, r0, kc, abuf.data());
+    abuf.resize(size_t(mc_pad * kHardKC));
+    bbuf.resize(size_t(nc_pad * kHardKC));
+    for (int64_t r0 = 0; r0 < p.k; r0 += kHardKC) {
+      const int64_t kc = std::min(kHardKC, p.k - r0);
+      const int64_t kp = tr ? ceil_div(kc, kHardSub) * kHardSub : kc;  // tracking runs whole sub-chunks
+      pack_b(p, bi, jc, nc, r0, kc, kp, bbuf.data());
+      pack_a(p, bi, ic, mc, r0, kc, kp, abuf.data());
       // A strip (MR x kc, a few KB) stays in L1 while the B strips stream from L2.
-      for (int64_t s = 0; s < mc; s += MR) {
-        const T* ap = abuf.data() + (s / MR) * kc * MR;
+      for (int64_t si = 0; si < mc; si += MR) {
+        const T* ap = abuf.data() + (si / MR) * kp * MR;
         for (int64_t t = 0; t < nc; t += NR) {
           reg acc[MR][V::hard_nv];
-          micro(ap, bbuf.data() + (t / NR) * kc * NR, kc, acc);
-          store_tile(p, acc, bi, ic + s, jc + t, int(std::min<int64_t>(MR, mc - s)), int(std::min<int64_t>(NR, nc - t)),
-                     chunk_id);
+          if (tr)
+            micro_tracked(ap, bbuf.data() + (t / NR) * kp * NR, kp, acc, tr, int32_t(r0 / kHardSub));
+          else
+            micro(ap, bbuf.data() + (t / NR) * kp * NR, kp, acc);
+          store_tile(p, acc, tr, bi, ic + si, jc + t, int(std::min<int64_t>(MR, mc - si)),
+                     int(std::min<int64_t>(NR, nc - t)), r0 == 0);
         }
       }
     }
   }
 
   // ------------------------------------------------------------ hard argmax
-  // Outputs of one tile: turn each winning chunk into the first r of that chunk
-  // whose min(A[i,r], B[r,j]) equals C[i,j] (the first-index tie rule), and
-  // record where its gradient goes. Equality bits of the whole chunk are
-  // gathered first and the first one taken: no data-dependent branch.
+  // Rows of one task, a column block at a time (ArgmaxArgs).
   static void argmax(const ArgmaxArgs<T>& p, int64_t task) {
-    constexpr int64_t TS = ArgmaxArgs<T>::kArgmaxTile;
-    const int64_t tiles_n = ceil_div(p.n, TS), tiles_m = ceil_div(p.m, TS);
-    const int64_t jt = task % tiles_n, it = (task / tiles_n) % tiles_m, bi = task / (tiles_n * tiles_m);
-    for (int64_t i = it * TS; i < std::min(p.m, (it + 1) * TS); ++i)
-      argmax_row(p, bi, i, jt * TS, std::min(p.n, (jt + 1) * TS));
+    constexpr int64_t R = ArgmaxArgs<T>::kRows, J = ArgmaxArgs<T>::kCols;
+    const int64_t row_tasks = ceil_div(p.m, R), bi = task / row_tasks, i0 = (task % row_tasks) * R;
+    for (int64_t j0 = 0; j0 < p.n; j0 += J)
+      for (int64_t i = i0; i < std::min(p.m, i0 + R); ++i) search_row(p, bi, i, j0, std::min(p.n, j0 + J));
   }
 
-  static void argmax_row(const ArgmaxArgs<T>& p, int64_t bi, int64_t i, int64_t j_begin, int64_t j_end) {
-    const T* a = p.a + (bi * p.m + i) * p.k;
-    const T* c = p.c + (bi * p.m + i) * p.n;
-    int32_t* idx = p.idx + (bi * p.m + i) * p.n;
-    // The chunk segments are scattered (latency bound): prefetch a few outputs ahead.
-    constexpr int64_t kAhead = 6;
-    const int64_t seg_bytes = std::min(p.kc, p.k) * int64_t(sizeof(T));
-    auto prefetch = [&](int64_t j) {
-      const int64_t off = int64_t(idx[j]) * p.kc;
-      const char* pb = reinterpret_cast<const char*>(p.bt + bi * p.bt_sb + j * p.bt_sj + off);
-      const char* pa = reinterpret_cast<const char*>(a + off);
-      for (int64_t o = 0; o < seg_bytes; o += 64) {
-        __builtin_prefetch(pb + o);
-        __builtin_prefetch(pa + o);
+  // The B^T segment output (i, j) will search (a row of A stays in L1 anyway).
+  // Always inlined: as a separate function its only effect is a prefetch, and
+  // GCC's pure/const analysis deletes calls to it.
+  __attribute__((always_inline)) static inline void prefetch_segment(const ArgmaxArgs<T>& s, int64_t bi, int64_t i,
+                                                                     int64_t j) {
+    const int32_t sub = s.idx[(bi * s.m + i) * s.n + j];
+    const T* seg = s.bt + bi * s.bt_sb + j * s.bt_sj + int64_t(sub) * kHardSub;
+    for (int64_t o = 0; o < kHardSub; o += 64 / int64_t(sizeof(T))) __builtin_prefetch(seg + o);
+  }
+
+  // Outputs (i, j_begin..j_end): turn each winning sub-chunk into the first r
+  // in it whose min(A[i,r], B[r,j]) equals C[i,j] (the first-index tie rule),
+  // and record where its gradient goes. One vector compare per W values, no
+  // data-dependent branch: this loop runs once per output, so every
+  // instruction in it counts.
+  static void search_row(const ArgmaxArgs<T>& p, int64_t bi, int64_t i, int64_t j_begin, int64_t j_end) {
+    static_assert(kHardSub % W == 0 && kHardSub <= 32, "a sub-chunk is whole vectors, its bits one uint32");
+    const T* const a = p.a + (bi * p.m + i) * p.k;
+    const T* const c = p.c + (bi * p.m + i) * p.n;
+    const T* const btb = p.bt + bi * p.bt_sb;
+    int32_t* const idx = p.idx + (bi * p.m + i) * p.n;
+    const int64_t k = p.k, sj = p.bt_sj, sr = p.bt_sr;
+    if (sr != 1) {  // few rows: B read in place, down its column
+      for (int64_t j = j_begin; j < j_end; ++j) {
+        const T* bt = btb + j * sj;
+        const int64_t r0 = int64_t(idx[j]) * kHardSub, r1 = std::min(k, r0 + kHardSub);
+        int64_t found = r0;  // the max is attained in its sub-chunk; r0 keeps a miss in range regardless
+        for (int64_t r = r1 - 1; r >= r0; --r)
+          if (tmin(a[r], bt[r * sr]) == c[j]) found = r;
+        idx[j] = encode_winner(found, grad_goes_to_a(a[found], bt[found * sr]));
       }
-    };
-    const bool contiguous = p.bt_sr == 1;
-    if (contiguous)
-      for (int64_t j = j_begin; j < std::min(j_end, j_begin + kAhead); ++j) prefetch(j);
+      return;
+    }
+    constexpr int64_t kAhead = ArgmaxArgs<T>::kAhead;
     for (int64_t j = j_begin; j < j_end; ++j) {
-      const T* bt = p.bt + bi * p.bt_sb + j * p.bt_sj;
+      if (j + kAhead < j_end) prefetch_segment(p, bi, i, j + kAhead);
+      const int64_t r0 = int64_t(idx[j]) * kHardSub;
+      const T* as = a + r0;
+      const T* bs = btb + j * sj + r0;
       const T h = c[j];
-      int64_t r = int64_t(idx[j]) * p.kc;
-      const int64_t r1 = std::min(p.k, r + p.kc);
-      int64_t found = -1;
-      if (contiguous) {
-        if (j + kAhead < j_end) prefetch(j + kAhead);
-        if (r1 - r == kHardKCArgmax && kHardKCArgmax % W == 0 && kHardKCArgmax <= 64) {
-          // A whole chunk (the common case): fixed trip count, no tail masks.
-          uint64_t bits = 0;
-#pragma GCC unroll 64
-          for (int v = 0; v < int(kHardKCArgmax / W); ++v)
-            bits |= uint64_t(V::eq_mask(V::min(V::load(a + r + v * W), V::load(bt + r + v * W)), h)) << (v * W);
-          if (bits) found = r + __builtin_ctzll(bits);
-          r = r1;
+      const int len = int(std::min(kHardSub, k - r0));
+      uint32_t eq = 0;
+      if (len == kHardSub) {
+#pragma GCC unroll 32
+        for (int v = 0; v < int(kHardSub / W); ++v)
+          eq |= V::eq_mask(V::min(V::load(as + v * W), V::load(bs + v * W)), h) << (v * W);
+      } else {  // the ragged last sub-chunk
+        for (int v = 0; v * W < len; ++v) {
+          const int cnt = std::min(W, len - v * W);
+          const uint32_t lanes = cnt < W ? (uint32_t(1) << cnt) - 1 : ~uint32_t(0);
+          eq |= (V::eq_mask(V::min(V::load_partial(as + v * W, cnt, T(0)), V::load_partial(bs + v * W, cnt, T(0))), h) &
+                 lanes)
+                << (v * W);
         }
-        while (found < 0 && r < r1) {
-          uint64_t bits = 0;
-          int span = 0;  // lanes examined in this window of up to 64
-          for (; span < 64 && r + span < r1; span += W) {
-            const int cnt = int(std::min<int64_t>(W, r1 - r - span));
-            uint64_t lanes =
-                V::eq_mask(V::min(V::load_partial(a + r + span, cnt, T(0)), V::load_partial(bt + r + span, cnt, T(0))), h);
-            if (cnt < W) lanes &= (uint64_t(1) << cnt) - 1;
-            bits |= lanes << span;
-          }
-          if (bits) found = r + __builtin_ctzll(bits);
-          r += span;
-        }
-      } else {  // few rows: B read in place, down its column
-        for (; r < r1; ++r)
-          if (tmin(a[r], bt[r * p.bt_sr]) == h) {
-            found = r;
-            break;
-          }
       }
-      if (found < 0) found = int64_t(idx[j]) * p.kc;  // unreachable: C[i,j] is attained in its chunk
-      idx[j] = encode_winner(found, grad_goes_to_a(a[found], bt[found * p.bt_sr]));
+      const int t = eq ? __builtin_ctz(eq) : 0;  // eq == 0 cannot happen; 0 keeps it in range
+      idx[j] = encode_winner(r0 + t, grad_goes_to_a(as[t], bs[t]));
     }
   }
 
@@ -416,10 +483,14 @@ struct Kernels {
   // dA row: out[r] += g[j] for the outputs whose winner is (A, r). The vector
   // path (V::kScatter) gathers, adds and scatters W outputs at once when their
   // rows are distinct (the ISA's conflict detection says so), else goes scalar.
+  // The sums build up in a zeroed row buffer in L1 that is copied out whole,
+  // so dA needs no zeroing pass of its own.
   static void scatter_a(const ScatterArgs<T>& p, int64_t task) {
     const int32_t* w = p.w + task * p.n;
     const T* g = p.g + task * p.n;
-    T* out = p.da + task * p.k;
+    thread_local std::vector<T> row;
+    row.assign(size_t(p.k), T(0));
+    T* out = row.data();
     int64_t j = 0;
     if constexpr (V::kScatter) {
       for (; j + W <= p.n; j += W)
@@ -429,6 +500,7 @@ struct Kernels {
     }
     for (; j < p.n; ++j)
       if (winner_to_a(w[j])) out[w[j]] += g[j];
+    std::copy(out, out + p.k, p.da + task * p.k);
   }
 
   // dB column tile: out[r, j] += g[i, j] for the outputs whose winner is (B, r).

@@ -84,20 +84,27 @@ int64_t hard_row_block(int64_t batch, int64_t m, int64_t n) {
   return std::min<int64_t>(std::max<int64_t>(rows, kHardMC), 16 * kHardMC);
 }
 
-// C = A (max,min) B in the compute type, optionally with the per-output depth
-// chunk of the first maximum (kc = kHardKCArgmax then).
+// Arguments of the hard kernel for 3-D A, B and C; `sub` (nullable) receives
+// the kHardSub-deep sub-chunk of each output's first maximum.
 template <class T>
-void hard_into(const at::Tensor& A, const at::Tensor& B, at::Tensor& C, int32_t* chunk, int64_t kc) {
+HardArgs<T> hard_args(const at::Tensor& A, const at::Tensor& B, at::Tensor& C, int32_t* sub) {
   const int64_t batch = A.size(0), m = A.size(1), k = A.size(2), n = B.size(2);
-  HardArgs<T> p{A.data_ptr<T>(), A.stride(0), A.stride(1), A.stride(2),
-                B.data_ptr<T>(), B.stride(0), B.stride(1), B.stride(2),
-                C.data_ptr<T>(), chunk, batch, m, n, k, kc, hard_row_block(batch, m, n)};
+  return {A.data_ptr<T>(), A.stride(0), A.stride(1), A.stride(2),
+          B.data_ptr<T>(), B.stride(0), B.stride(1), B.stride(2),
+          C.data_ptr<T>(), sub, batch, m, n, k, hard_row_block(batch, m, n)};
+}
+
+// C = A (max,min) B in the compute type.
+template <class T>
+void hard_into(const at::Tensor& A, const at::Tensor& B, at::Tensor& C) {
+  const HardArgs<T> p = hard_args<T>(A, B, C, nullptr);
   const auto& kt = table_for<T>();
   run_tasks(p.num_tasks(), [&](int64_t t) { kt.hard(p, t); });
 }
 
-// Contiguous [b, n, k] copy of X [b, k, n], in 32x32 blocks that stay in L1
-// (torch's strided copy is several times slower for this pattern).
+// Contiguous [b, n, k] copy of X [b, k, n]. A task reads a block of rows along
+// their length into a small tile and writes it out transposed: reading down a
+// column directly would put rows 4 KB apart into one L1 set and thrash it.
 template <class T>
 at::Tensor transposed_copy(const at::Tensor& X) {
   const int64_t batch = X.size(0), k = X.size(1), n = X.size(2);
@@ -105,14 +112,25 @@ at::Tensor transposed_copy(const at::Tensor& X) {
   const T* src = X.data_ptr<T>();
   T* dst = out.data_ptr<T>();
   const int64_t sb = X.stride(0), sr = X.stride(1), sc = X.stride(2);
-  constexpr int64_t kBlk = 32;
-  const int64_t rb = ceil_div(k, kBlk), cb = ceil_div(n, kBlk);
+  constexpr int64_t kRows = 16, kCols = 64;
+  const int64_t rb = ceil_div(k, kRows);
   run_tasks(batch * rb, [&](int64_t t) {
-    const int64_t bi = t / rb, r0 = (t % rb) * kBlk, r1 = std::min(k, r0 + kBlk);
-    for (int64_t c = 0; c < cb; ++c) {
-      const int64_t c0 = c * kBlk, c1 = std::min(n, c0 + kBlk);
-      for (int64_t j = c0; j < c1; ++j)
-        for (int64_t r = r0; r < r1; ++r) dst[(bi * n + j) * k + r] = src[bi * sb + r * sr + j * sc];
+    const int64_t bi = t / rb, r0 = (t % rb) * kRows, rows = std::min(k - r0, kRows);
+    T tile[kRows][kCols];
+    for (int64_t c0 = 0; c0 < n; c0 += kCols) {
+      const int64_t cols = std::min(n - c0, kCols);
+      for (int64_t r = 0; r < rows; ++r) {
+        const T* row = src + bi * sb + (r0 + r) * sr + c0 * sc;
+        if (sc == 1) {
+          for (int64_t j = 0; j < cols; ++j) tile[r][j] = row[j];
+        } else {
+          for (int64_t j = 0; j < cols; ++j) tile[r][j] = row[j * sc];
+        }
+      }
+      for (int64_t j = 0; j < cols; ++j) {
+        T* col = dst + (bi * n + c0 + j) * k + r0;
+        for (int64_t r = 0; r < rows; ++r) col[r] = tile[r][j];
+      }
     }
   });
   return out;
@@ -128,20 +146,20 @@ std::tuple<at::Tensor, at::Tensor> hard_forward(const at::Tensor& A_in, const at
   at::Tensor C = at::empty({batch, m, n}, A.options());
   at::Tensor idx = with_argmax ? at::empty({batch, m, n}, A.options().dtype(at::kInt)) : at::empty({0}, A.options().dtype(at::kInt));
   AT_DISPATCH_FLOATING_TYPES(ct, "vico_flow_hard_forward", [&] {
-    const int64_t kc = with_argmax ? kHardKCArgmax : kHardKC;
-    hard_into<scalar_t>(A, B, C, with_argmax ? idx.data_ptr<int32_t>() : nullptr, kc);
-    if (with_argmax && k > 0) {
-      // The search reads B down its columns: a transposed copy pays off once
-      // there are enough rows to share it; a few flow rows read B in place.
-      const at::Tensor Ac = A.contiguous();
-      const bool copied = m >= 32;
-      const at::Tensor Bt = copied ? transposed_copy<scalar_t>(B) : B;
-      ArgmaxArgs<scalar_t> p{Ac.data_ptr<scalar_t>(), Bt.data_ptr<scalar_t>(),
-                             copied ? n * k : B.stride(0), copied ? k : B.stride(2), copied ? 1 : B.stride(1),
-                             C.data_ptr<scalar_t>(), idx.data_ptr<int32_t>(), batch, m, n, k, kc};
-      const auto& kt = table_for<scalar_t>();
-      run_tasks(p.num_tasks(), [&](int64_t t) { kt.argmax(p, t); });
-    }
+    if (!with_argmax) return hard_into<scalar_t>(A, B, C);
+    const HardArgs<scalar_t> p = hard_args<scalar_t>(A, B, C, idx.data_ptr<int32_t>());
+    const auto& kt = table_for<scalar_t>();
+    run_tasks(p.num_tasks(), [&](int64_t t) { kt.hard(p, t); });
+    if (k == 0) return;  // no r to find (and no gradient flows)
+    // The winner search reads B down its columns: a transposed copy pays off
+    // once there are enough rows to share it; a few flow rows read B in place.
+    const at::Tensor Ac = A.contiguous();
+    const bool copied = m >= 32;
+    const at::Tensor Bt = copied ? transposed_copy<scalar_t>(B) : B;
+    const ArgmaxArgs<scalar_t> s{Ac.data_ptr<scalar_t>(), Bt.data_ptr<scalar_t>(),
+                                copied ? n * k : B.stride(0), copied ? k : B.stride(2), copied ? 1 : B.stride(1),
+                                C.data_ptr<scalar_t>(), idx.data_ptr<int32_t>(), batch, m, n, k};
+    run_tasks(s.num_tasks(), [&](int64_t t) { kt.argmax(s, t); });
   });
   return {C.to(A_in.scalar_type()), idx};
 }
@@ -157,11 +175,13 @@ std::tuple<at::Tensor, at::Tensor> hard_backward(const at::Tensor& grad_in, cons
   const at::Tensor G = grad_in.to(ct).contiguous(), win = winners_in.contiguous();
   TORCH_CHECK(win.sizes() == at::IntArrayRef({batch, m, n}) && win.scalar_type() == at::kInt,
               "vico_flow._C.hard_backward: winners must be int32 [b,m,n]");
-  at::Tensor dA = at::zeros({batch, m, k}, A_in.options().dtype(ct));
-  // dB is written whole by the column-tile slabs; zeros only when no task runs
-  at::Tensor dB = (k > 0 && m > 0 && n > 0) ? at::empty({batch, k, n}, A_in.options().dtype(ct))
-                                             : at::zeros({batch, k, n}, A_in.options().dtype(ct));
-  if (k > 0 && m > 0 && n > 0) {
+  // The scatter tasks write both gradients whole (rows of dA, column slabs of
+  // dB); zeros only when no task runs.
+  const bool any = k > 0 && m > 0 && n > 0;
+  const auto opts = A_in.options().dtype(ct);
+  at::Tensor dA = any ? at::empty({batch, m, k}, opts) : at::zeros({batch, m, k}, opts);
+  at::Tensor dB = any ? at::empty({batch, k, n}, opts) : at::zeros({batch, k, n}, opts);
+  if (any) {
     AT_DISPATCH_FLOATING_TYPES(ct, "vico_flow_hard_backward", [&] {
       ScatterArgs<scalar_t> p{G.data_ptr<scalar_t>(), win.data_ptr<int32_t>(), dA.data_ptr<scalar_t>(),
                               dB.data_ptr<scalar_t>(), batch, m, n, k};
@@ -180,7 +200,7 @@ at::Tensor soft_forward(const at::Tensor& A_in, const at::Tensor& B_in, double t
   const int64_t batch = A.size(0), m = A.size(1), k = A.size(2), n = B.size(2);
   at::Tensor C = at::empty({batch, m, n}, A.options());
   AT_DISPATCH_FLOATING_TYPES(ct, "vico_flow_soft_forward", [&] {
-    hard_into<scalar_t>(A, B, C, nullptr, kHardKC);  // the shift H
+    hard_into<scalar_t>(A, B, C);  // the shift H
     if (k > 0) {
       const double s = kLog2e / tau;
       const at::Tensor As = (A * s).contiguous(), Bs = (B * s).contiguous();
@@ -294,7 +314,7 @@ void chain_block(const T* f, T* out, const std::vector<at::Tensor>& Ws, int64_t 
     const T* src = W.data_ptr<T>() + bi * W.stride(0);
     for (int64_t r = 0; r < n; ++r)
       for (int64_t j = 0; j < n; ++j) w[size_t(r * n + j)] = src[r * W.stride(1) + j * W.stride(2)];
-    HardArgs<T> hp{cur.data(), K * n, n, 1, w.data(), n * n, n, 1, nxt.data(), nullptr, 1, K, n, n, kHardKC, kHardMC};
+    HardArgs<T> hp{cur.data(), K * n, n, 1, w.data(), n * n, n, 1, nxt.data(), nullptr, 1, K, n, n, kHardMC};
     for (int64_t t = 0; t < hp.num_tasks(); ++t) kt.hard(hp, t);
     if (soft && n > 0) {
       as.resize(size_t(K * n));

@@ -62,11 +62,15 @@ struct Avx2 {
     return uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_set1_ps(h), _CMP_EQ_OQ)));
   }
   static void merge_max(float* c, reg acc) { _mm256_storeu_ps(c, _mm256_max_ps(_mm256_loadu_ps(c), acc)); }
-  static void merge_max_track(float* c, int32_t* idx, reg acc, int32_t chunk) {
-    const reg gt = _mm256_cmp_ps(acc, _mm256_loadu_ps(c), _CMP_GT_OQ);
-    const __m256i m = _mm256_castps_si256(gt);
-    _mm256_maskstore_ps(c, m, acc);
-    _mm256_maskstore_epi32(idx, m, _mm256_set1_epi32(chunk));
+  // ids[l] = sub where acc grew past its value before the sub-chunk.
+  static void track(reg before, reg acc, int32_t* ids, int32_t sub) {
+    _mm256_maskstore_epi32(ids, _mm256_castps_si256(_mm256_cmp_ps(acc, before, _CMP_GT_OQ)), _mm256_set1_epi32(sub));
+  }
+  // c = acc and idx = ids where acc strictly beats c (earlier chunks win ties).
+  static void merge_max_track(float* c, int32_t* idx, reg acc, const int32_t* ids) {
+    const __m256i gt = _mm256_castps_si256(_mm256_cmp_ps(acc, _mm256_loadu_ps(c), _CMP_GT_OQ));
+    _mm256_maskstore_ps(c, gt, acc);
+    _mm256_maskstore_epi32(idx, gt, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ids)));
   }
 };
 

@@ -76,10 +76,15 @@ struct Avx512 {
     _mm512_mask_i32scatter_ps(out, to_b, off, _mm512_add_ps(cur, _mm512_loadu_ps(g)), 4);
   }
   static void merge_max(float* c, reg acc) { _mm512_storeu_ps(c, _mm512_max_ps(_mm512_loadu_ps(c), acc)); }
-  static void merge_max_track(float* c, int32_t* idx, reg acc, int32_t chunk) {
+  // ids[l] = sub where acc grew past its value before the sub-chunk.
+  static void track(reg before, reg acc, int32_t* ids, int32_t sub) {
+    _mm512_mask_storeu_epi32(ids, _mm512_cmp_ps_mask(acc, before, _CMP_GT_OQ), _mm512_set1_epi32(sub));
+  }
+  // c = acc and idx = ids where acc strictly beats c (earlier chunks win ties).
+  static void merge_max_track(float* c, int32_t* idx, reg acc, const int32_t* ids) {
     const __mmask16 gt = _mm512_cmp_ps_mask(acc, _mm512_loadu_ps(c), _CMP_GT_OQ);
     _mm512_mask_storeu_ps(c, gt, acc);
-    _mm512_mask_storeu_epi32(idx, gt, _mm512_set1_epi32(chunk));
+    _mm512_mask_storeu_epi32(idx, gt, _mm512_loadu_si512(ids));
   }
 };
 

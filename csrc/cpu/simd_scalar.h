@@ -43,11 +43,15 @@ struct Scalar {
   static uint32_t eq_mask(reg x, T h) { return x == h ? 1u : 0u; }
   // c = max(c, acc), elementwise over one vector at c.
   static void merge_max(T* c, reg acc) { *c = tmax(*c, acc); }
-  // Same, and record `chunk` where acc strictly beats c (first-chunk ties).
-  static void merge_max_track(T* c, int32_t* idx, reg acc, int32_t chunk) {
+  // *ids = sub where acc grew past its value before the sub-chunk.
+  static void track(reg before, reg acc, int32_t* ids, int32_t sub) {
+    if (hard_replaces(acc, before)) *ids = sub;
+  }
+  // c = acc and idx = ids where acc strictly beats c (earlier chunks win ties).
+  static void merge_max_track(T* c, int32_t* idx, reg acc, const int32_t* ids) {
     if (hard_replaces(acc, *c)) {
       *c = acc;
-      *idx = chunk;
+      *idx = *ids;
     }
   }
 };
