@@ -36,6 +36,7 @@ struct HardArgs {
   int64_t b_sb, b_sr, b_sj;
   T* c;          // contiguous [batch, m, n]
   int32_t* sub;  // nullable; contiguous [batch, m, n]: the kHardSub-deep sub-chunk of the first max
+  T* bt;         // nullable; contiguous [batch, n, k]: receives B^T (each task a share of its packed B)
   int64_t batch, m, n, k, mc;
   // Many small products (n below one register tile, k within one chunk, e.g.
   // the per-pixel temporal blocks of a video): a task takes kSmallBatch whole
@@ -100,7 +101,7 @@ struct ScatterArgs {
   T* da;             // contiguous [batch, m, k], written whole
   T* db;             // contiguous [batch, k, n], written whole
   int64_t batch, m, n, k;
-  static constexpr int64_t kCols = 16;  // dB column tile of a task
+  static constexpr int64_t kCols = 64;  // dB column tile of a task (its slab: k x kCols values)
   int64_t rows_tasks() const { return batch * m; }
   int64_t cols_tasks() const { return batch * ceil_div(n, kCols); }
 };

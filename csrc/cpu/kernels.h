@@ -246,6 +246,16 @@ struct Kernels {
       const int64_t kp = tr ? ceil_div(kc, kHardSub) * kHardSub : kc;  // tracking runs whole sub-chunks
       pack_b(p, bi, jc, nc, r0, kc, kp, bbuf.data());
       pack_a(p, bi, ic, mc, r0, kc, kp, abuf.data());
+      if (p.bt) {
+        // This task's share of B^T for the winner search: the row blocks of
+        // one column block split each depth chunk, and the packed B is in L1/L2.
+        const int64_t q0 = kc * it / tiles_m, q1 = kc * (it + 1) / tiles_m;
+        for (int64_t j = 0; j < nc; ++j) {
+          const T* src = bbuf.data() + (j / NR) * kp * NR + (j % NR);
+          T* dst = p.bt + (bi * p.n + jc + j) * p.k + r0;
+          for (int64_t q = q0; q < q1; ++q) dst[q] = src[q * NR];
+        }
+      }
       // A strip (MR x kc, a few KB) stays in L1 while the B strips stream from L2.
       for (int64_t si = 0; si < mc; si += MR) {
         const T* ap = abuf.data() + (si / MR) * kp * MR;
@@ -271,16 +281,6 @@ struct Kernels {
       for (int64_t i = i0; i < std::min(p.m, i0 + R); ++i) search_row(p, bi, i, j0, std::min(p.n, j0 + J));
   }
 
-  // The B^T segment output (i, j) will search (a row of A stays in L1 anyway).
-  // Always inlined: as a separate function its only effect is a prefetch, and
-  // GCC's pure/const analysis deletes calls to it.
-  __attribute__((always_inline)) static inline void prefetch_segment(const ArgmaxArgs<T>& s, int64_t bi, int64_t i,
-                                                                     int64_t j) {
-    const int32_t sub = s.idx[(bi * s.m + i) * s.n + j];
-    const T* seg = s.bt + bi * s.bt_sb + j * s.bt_sj + int64_t(sub) * kHardSub;
-    for (int64_t o = 0; o < kHardSub; o += 64 / int64_t(sizeof(T))) __builtin_prefetch(seg + o);
-  }
-
   // Outputs (i, j_begin..j_end): turn each winning sub-chunk into the first r
   // in it whose min(A[i,r], B[r,j]) equals C[i,j] (the first-index tie rule),
   // and record where its gradient goes. One vector compare per W values, no
@@ -304,31 +304,42 @@ struct Kernels {
       }
       return;
     }
+    // The B^T segments are scattered over the matrix: fetch them kAhead
+    // outputs ahead (the row of A stays in L1). The loop runs once per output,
+    // so it reads only locals hoisted above.
     constexpr int64_t kAhead = ArgmaxArgs<T>::kAhead;
     for (int64_t j = j_begin; j < j_end; ++j) {
-      if (j + kAhead < j_end) prefetch_segment(p, bi, i, j + kAhead);
+      if (j + kAhead < j_end) __builtin_prefetch(btb + (j + kAhead) * sj + int64_t(idx[j + kAhead]) * kHardSub);
       const int64_t r0 = int64_t(idx[j]) * kHardSub;
       const T* as = a + r0;
       const T* bs = btb + j * sj + r0;
-      const T h = c[j];
-      const int len = int(std::min(kHardSub, k - r0));
-      uint32_t eq = 0;
-      if (len == kHardSub) {
-#pragma GCC unroll 32
-        for (int v = 0; v < int(kHardSub / W); ++v)
-          eq |= V::eq_mask(V::min(V::load(as + v * W), V::load(bs + v * W)), h) << (v * W);
-      } else {  // the ragged last sub-chunk
-        for (int v = 0; v * W < len; ++v) {
-          const int cnt = std::min(W, len - v * W);
-          const uint32_t lanes = cnt < W ? (uint32_t(1) << cnt) - 1 : ~uint32_t(0);
-          eq |= (V::eq_mask(V::min(V::load_partial(as + v * W, cnt, T(0)), V::load_partial(bs + v * W, cnt, T(0))), h) &
-                 lanes)
-                << (v * W);
-        }
+      if (r0 + kHardSub > k) {  // the ragged last sub-chunk, out of the hot path
+        idx[j] = search_ragged(as, bs, int(k - r0), c[j], r0);
+        continue;
       }
-      const int t = eq ? __builtin_ctz(eq) : 0;  // eq == 0 cannot happen; 0 keeps it in range
+      const T h = c[j];
+      uint32_t eq = 0;
+#pragma GCC unroll 32
+      for (int v = 0; v < int(kHardSub / W); ++v)
+        eq |= V::eq_mask(V::min(V::load(as + v * W), V::load(bs + v * W)), h) << (v * W);
+      // eq == 0 cannot happen (C is attained in its sub-chunk); the top bit
+      // keeps t in range regardless, without a branch
+      const int t = __builtin_ctz(eq | (uint32_t(1) << (kHardSub - 1)));
       idx[j] = encode_winner(r0 + t, grad_goes_to_a(as[t], bs[t]));
     }
+  }
+
+  // search_row for a sub-chunk of len < kHardSub values at as, bs (r0 onward).
+  __attribute__((noinline)) static int32_t search_ragged(const T* as, const T* bs, int len, T h, int64_t r0) {
+    uint32_t eq = 0;
+    for (int v = 0; v * W < len; ++v) {
+      const int cnt = std::min(W, len - v * W);
+      const uint32_t lanes = cnt < W ? (uint32_t(1) << cnt) - 1 : ~uint32_t(0);
+      eq |= (V::eq_mask(V::min(V::load_partial(as + v * W, cnt, T(0)), V::load_partial(bs + v * W, cnt, T(0))), h) & lanes)
+            << (v * W);
+    }
+    const int t = eq ? __builtin_ctz(eq) : 0;
+    return encode_winner(r0 + t, grad_goes_to_a(as[t], bs[t]));
   }
 
   // ------------------------------------------------------------ soft forward
@@ -480,11 +491,10 @@ struct Kernels {
   }
 
   // ------------------------------------------------------------ hard scatter
-  // dA row: out[r] += g[j] for the outputs whose winner is (A, r). The vector
-  // path (V::kScatter) gathers, adds and scatters W outputs at once when their
-  // rows are distinct (the ISA's conflict detection says so), else goes scalar.
-  // The sums build up in a zeroed row buffer in L1 that is copied out whole,
-  // so dA needs no zeroing pass of its own.
+  // dA row: out[r] += g[j] for the outputs whose winner is (A, r), W outputs
+  // at a time where the ISA has a vector path (V::kScatter). The sums build up
+  // in a zeroed row buffer in L1 that is copied out whole, so dA needs no
+  // zeroing pass of its own.
   static void scatter_a(const ScatterArgs<T>& p, int64_t task) {
     const int32_t* w = p.w + task * p.n;
     const T* g = p.g + task * p.n;
@@ -493,10 +503,7 @@ struct Kernels {
     T* out = row.data();
     int64_t j = 0;
     if constexpr (V::kScatter) {
-      for (; j + W <= p.n; j += W)
-        if (!V::scatter_add_to_a(out, w + j, g + j))
-          for (int l = 0; l < W; ++l)
-            if (winner_to_a(w[j + l])) out[w[j + l]] += g[j + l];
+      for (; j + W <= p.n; j += W) V::scatter_add_to_a(out, w + j, g + j);
     }
     for (; j < p.n; ++j)
       if (winner_to_a(w[j])) out[w[j]] += g[j];
@@ -505,8 +512,8 @@ struct Kernels {
 
   // dB column tile: out[r, j] += g[i, j] for the outputs whose winner is (B, r).
   // The tile's rows lie n apart in dB and would share a few cache sets, so the
-  // sums go to a contiguous k x kCols slab first, copied out once. Lanes are
-  // distinct columns, so a vector never adds twice to one element.
+  // sums go to a contiguous k x kCols slab first (L2), copied out once; each
+  // row of g and of the winners is read kCols values (whole lines) at a time.
   static void scatter_b(const ScatterArgs<T>& p, int64_t task) {
     constexpr int64_t C = ScatterArgs<T>::kCols;
     const int64_t tiles = ceil_div(p.n, C);

@@ -1,5 +1,5 @@
 // The kernel bodies compiled for AVX-512F. Chosen at run time by ops_cpu.cpp
-// only on processors that report avx512f and avx512cd.
+// only on processors that report avx512f.
 // Everything shared with other translation units is included *before* the
 // target pragma, so inline functions from these headers keep the baseline ISA
 // (the linker may keep any one copy of an inline function; it must run anywhere).
@@ -14,7 +14,7 @@
 #include "../tropical_common.h"
 #include "kernel_api.h"
 
-#pragma GCC target("avx512f,avx512cd,avx2,fma")
+#pragma GCC target("avx512f,avx2,fma")
 #include "simd_avx512.h"
 #include "kernels.h"
 

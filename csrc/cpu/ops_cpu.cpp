@@ -21,7 +21,7 @@ namespace {
 bool cpu_has(const char* feature) {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
-  if (std::string(feature) == "avx512") return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512cd");
+  if (std::string(feature) == "avx512") return __builtin_cpu_supports("avx512f");
   if (std::string(feature) == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #endif
   return std::string(feature) == "scalar";
@@ -91,7 +91,7 @@ HardArgs<T> hard_args(const at::Tensor& A, const at::Tensor& B, at::Tensor& C, i
   const int64_t batch = A.size(0), m = A.size(1), k = A.size(2), n = B.size(2);
   return {A.data_ptr<T>(), A.stride(0), A.stride(1), A.stride(2),
           B.data_ptr<T>(), B.stride(0), B.stride(1), B.stride(2),
-          C.data_ptr<T>(), sub, batch, m, n, k, hard_row_block(batch, m, n)};
+          C.data_ptr<T>(), sub, nullptr, batch, m, n, k, hard_row_block(batch, m, n)};
 }
 
 // C = A (max,min) B in the compute type.
@@ -106,9 +106,9 @@ void hard_into(const at::Tensor& A, const at::Tensor& B, at::Tensor& C) {
 // their length into a small tile and writes it out transposed: reading down a
 // column directly would put rows 4 KB apart into one L1 set and thrash it.
 template <class T>
-at::Tensor transposed_copy(const at::Tensor& X) {
+at::Tensor transposed_copy(const at::Tensor& X, at::Tensor out = at::Tensor()) {
   const int64_t batch = X.size(0), k = X.size(1), n = X.size(2);
-  at::Tensor out = at::empty({batch, n, k}, X.options());
+  if (!out.defined()) out = at::empty({batch, n, k}, X.options());
   const T* src = X.data_ptr<T>();
   T* dst = out.data_ptr<T>();
   const int64_t sb = X.stride(0), sr = X.stride(1), sc = X.stride(2);
@@ -136,6 +136,19 @@ at::Tensor transposed_copy(const at::Tensor& X) {
   return out;
 }
 
+// Room for B^T in the winner search, kept by the calling thread between calls
+// up to kKeepBytes: a fresh buffer of that size costs a page fault per 4 KB
+// on every call, about a tenth of the search itself.
+at::Tensor search_workspace(const at::Tensor& B) {
+  constexpr int64_t kKeepBytes = int64_t(256) << 20;
+  const int64_t bytes = B.numel() * B.element_size();
+  thread_local at::Tensor kept;
+  if (bytes > kKeepBytes) return at::empty({B.size(0), B.size(2), B.size(1)}, B.options());
+  if (!kept.defined() || kept.scalar_type() != B.scalar_type() || kept.numel() < B.numel())
+    kept = at::empty({B.numel()}, B.options());
+  return kept.narrow(0, 0, B.numel()).view({B.size(0), B.size(2), B.size(1)});
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> hard_forward(const at::Tensor& A_in, const at::Tensor& B_in, bool with_argmax) {
@@ -147,15 +160,18 @@ std::tuple<at::Tensor, at::Tensor> hard_forward(const at::Tensor& A_in, const at
   at::Tensor idx = with_argmax ? at::empty({batch, m, n}, A.options().dtype(at::kInt)) : at::empty({0}, A.options().dtype(at::kInt));
   AT_DISPATCH_FLOATING_TYPES(ct, "vico_flow_hard_forward", [&] {
     if (!with_argmax) return hard_into<scalar_t>(A, B, C);
-    const HardArgs<scalar_t> p = hard_args<scalar_t>(A, B, C, idx.data_ptr<int32_t>());
+    HardArgs<scalar_t> p = hard_args<scalar_t>(A, B, C, idx.data_ptr<int32_t>());
+    // The winner search reads B down its columns: a transposed copy pays off
+    // once there are enough rows to share it (a few flow rows read B in
+    // place). The tiled kernel writes it from its packed B as it goes.
+    const bool copied = m >= 32 && k > 0;
+    const at::Tensor Bt = copied ? search_workspace(B) : B;
+    if (copied && !p.small()) p.bt = Bt.data_ptr<scalar_t>();
     const auto& kt = table_for<scalar_t>();
     run_tasks(p.num_tasks(), [&](int64_t t) { kt.hard(p, t); });
     if (k == 0) return;  // no r to find (and no gradient flows)
-    // The winner search reads B down its columns: a transposed copy pays off
-    // once there are enough rows to share it; a few flow rows read B in place.
+    if (copied && p.small()) transposed_copy<scalar_t>(B, Bt);
     const at::Tensor Ac = A.contiguous();
-    const bool copied = m >= 32;
-    const at::Tensor Bt = copied ? transposed_copy<scalar_t>(B) : B;
     const ArgmaxArgs<scalar_t> s{Ac.data_ptr<scalar_t>(), Bt.data_ptr<scalar_t>(),
                                 copied ? n * k : B.stride(0), copied ? k : B.stride(2), copied ? 1 : B.stride(1),
                                 C.data_ptr<scalar_t>(), idx.data_ptr<int32_t>(), batch, m, n, k};
@@ -314,7 +330,7 @@ void chain_block(const T* f, T* out, const std::vector<at::Tensor>& Ws, int64_t 
     const T* src = W.data_ptr<T>() + bi * W.stride(0);
     for (int64_t r = 0; r < n; ++r)
       for (int64_t j = 0; j < n; ++j) w[size_t(r * n + j)] = src[r * W.stride(1) + j * W.stride(2)];
-    HardArgs<T> hp{cur.data(), K * n, n, 1, w.data(), n * n, n, 1, nxt.data(), nullptr, 1, K, n, n, kHardMC};
+    HardArgs<T> hp{cur.data(), K * n, n, 1, w.data(), n * n, n, 1, nxt.data(), nullptr, nullptr, 1, K, n, n, kHardMC};
     for (int64_t t = 0; t < hp.num_tasks(); ++t) kt.hard(hp, t);
     if (soft && n > 0) {
       as.resize(size_t(K * n));

@@ -20,7 +20,7 @@ struct Avx512 {
   static constexpr int hard_mr = 6;
   static constexpr int hard_nv = 4;
   static constexpr int soft_nv = 4;
-  static constexpr bool kScatter = true;  // gather/scatter with AVX512CD conflict detection
+  static constexpr bool kScatter = true;  // gradient scatter: compressed lanes (scatter_add_to_a/b)
 
   static __mmask16 tail_mask(int n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n < 0 ? 0 : n)) - 1u); }
   static reg load(const float* p) { return _mm512_loadu_ps(p); }
@@ -50,30 +50,32 @@ struct Avx512 {
   }
   static void store_lanes(float* out, reg v) { _mm512_storeu_ps(out, v); }
   static uint32_t eq_mask(reg x, float h) { return _mm512_cmp_ps_mask(x, _mm512_set1_ps(h), _CMP_EQ_OQ); }
-  // out[w[l]] += g[l] for lanes whose winner goes to A (w >= 0). Returns false,
-  // touching nothing, when two such lanes name the same row (caller goes scalar).
-  static bool scatter_add_to_a(float* out, const int32_t* w, const float* g) {
-    const __m512i idx = _mm512_loadu_si512(w);
-    const __mmask16 to_a = _mm512_cmpge_epi32_mask(idx, _mm512_setzero_si512());
-    if (!to_a) return true;
-    // lane l's conflict bits: earlier lanes with the same index; keep active ones
-    const __m512i conf = _mm512_and_si512(_mm512_maskz_conflict_epi32(to_a, idx), _mm512_set1_epi32(to_a));
-    if (_mm512_mask_test_epi32_mask(to_a, conf, conf)) return false;
-    const __m512 cur = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), to_a, idx, out, 4);
-    _mm512_mask_i32scatter_ps(out, to_a, idx, _mm512_add_ps(cur, _mm512_loadu_ps(g)), 4);
-    return true;
+  // Scatter of the hard gradient, W outputs at a time: the lanes whose winner
+  // goes to the wanted operand are compressed to the front (vpcompressd) and
+  // added one by one. Gather/scatter instructions are microcoded and slow on
+  // some cores (AMD Zen 4), and sequential adds need no conflict handling.
+  // out[w[l]] += g[l] where the winner goes to A (w >= 0).
+  static void scatter_add_to_a(float* out, const int32_t* w, const float* g) {
+    const __m512i wv = _mm512_loadu_si512(w);
+    const __mmask16 to_a = _mm512_cmpge_epi32_mask(wv, _mm512_setzero_si512());
+    add_compressed(out, to_a, wv, _mm512_loadu_ps(g));
   }
-  // out[~w[l] * stride + l] += g[l] for lanes whose winner goes to B (w < 0):
-  // lanes are distinct columns, so addresses never collide.
+  // out[~w[l] * stride + l] += g[l] where the winner goes to B (w < 0).
   static void scatter_add_to_b(float* out, const int32_t* w, const float* g, int64_t stride) {
     const __m512i wv = _mm512_loadu_si512(w);
     const __mmask16 to_b = _mm512_cmplt_epi32_mask(wv, _mm512_setzero_si512());
-    if (!to_b) return;
     const __m512i r = _mm512_xor_si512(wv, _mm512_set1_epi32(-1));  // ~w
     const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
     const __m512i off = _mm512_add_epi32(_mm512_mullo_epi32(r, _mm512_set1_epi32(int32_t(stride))), lane);
-    const __m512 cur = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), to_b, off, out, 4);
-    _mm512_mask_i32scatter_ps(out, to_b, off, _mm512_add_ps(cur, _mm512_loadu_ps(g)), 4);
+    add_compressed(out, to_b, off, _mm512_loadu_ps(g));
+  }
+  static void add_compressed(float* out, __mmask16 keep, __m512i off, __m512 g) {
+    alignas(64) int32_t oa[16];
+    alignas(64) float ga[16];
+    _mm512_store_si512(oa, _mm512_maskz_compress_epi32(keep, off));
+    _mm512_store_ps(ga, _mm512_maskz_compress_ps(keep, g));
+    const int cnt = __builtin_popcount(unsigned(keep));
+    for (int t = 0; t < cnt; ++t) out[oa[t]] += ga[t];
   }
   static void merge_max(float* c, reg acc) { _mm512_storeu_ps(c, _mm512_max_ps(_mm512_loadu_ps(c), acc)); }
   // ids[l] = sub where acc grew past its value before the sub-chunk.
