@@ -16,9 +16,9 @@ constexpr int64_t kHardMC = 48;
 constexpr int64_t kHardNC = 256;
 constexpr int64_t kHardKC = 256;
 // When the argmax is wanted, the register tile also notes in which kHardSub-deep
-// sub-chunk its running max last grew (a compare against a snapshot in L1 per
-// sub-chunk, ~3% of the arithmetic). The exact r is then one vector compare of
-// 16 values away; see Kernels::argmax.
+// sub-chunk its running max last grew (one compare per accumulator and
+// sub-chunk against a copy held in registers; Kernels::micro_tracked). The
+// exact r is then one vector compare of kHardSub values away (Kernels::argmax).
 constexpr int64_t kHardSub = 16;
 static_assert(kHardKC % kHardSub == 0, "depth chunks hold whole sub-chunks");
 
@@ -36,7 +36,6 @@ struct HardArgs {
   int64_t b_sb, b_sr, b_sj;
   T* c;          // contiguous [batch, m, n]
   int32_t* sub;  // nullable; contiguous [batch, m, n]: the kHardSub-deep sub-chunk of the first max
-  T* bt;         // nullable; contiguous [batch, n, k]: receives B^T (each task a share of its packed B)
   int64_t batch, m, n, k, mc;
   // Many small products (n below one register tile, k within one chunk, e.g.
   // the per-pixel temporal blocks of a video): a task takes kSmallBatch whole

@@ -246,16 +246,6 @@ struct Kernels {
       const int64_t kp = tr ? ceil_div(kc, kHardSub) * kHardSub : kc;  // tracking runs whole sub-chunks
       pack_b(p, bi, jc, nc, r0, kc, kp, bbuf.data());
       pack_a(p, bi, ic, mc, r0, kc, kp, abuf.data());
-      if (p.bt) {
-        // This task's share of B^T for the winner search: the row blocks of
-        // one column block split each depth chunk, and the packed B is in L1/L2.
-        const int64_t q0 = kc * it / tiles_m, q1 = kc * (it + 1) / tiles_m;
-        for (int64_t j = 0; j < nc; ++j) {
-          const T* src = bbuf.data() + (j / NR) * kp * NR + (j % NR);
-          T* dst = p.bt + (bi * p.n + jc + j) * p.k + r0;
-          for (int64_t q = q0; q < q1; ++q) dst[q] = src[q * NR];
-        }
-      }
       // A strip (MR x kc, a few KB) stays in L1 while the B strips stream from L2.
       for (int64_t si = 0; si < mc; si += MR) {
         const T* ap = abuf.data() + (si / MR) * kp * MR;
@@ -318,14 +308,17 @@ struct Kernels {
         continue;
       }
       const T h = c[j];
-      uint32_t eq = 0;
+      uint32_t eq = 0, le = 0;
 #pragma GCC unroll 32
-      for (int v = 0; v < int(kHardSub / W); ++v)
-        eq |= V::eq_mask(V::min(V::load(as + v * W), V::load(bs + v * W)), h) << (v * W);
+      for (int v = 0; v < int(kHardSub / W); ++v) {
+        const reg va = V::load(as + v * W), vb = V::load(bs + v * W);
+        eq |= V::eq_mask(V::min(va, vb), h) << (v * W);
+        le |= V::le_mask(va, vb) << (v * W);
+      }
       // eq == 0 cannot happen (C is attained in its sub-chunk); the top bit
       // keeps t in range regardless, without a branch
       const int t = __builtin_ctz(eq | (uint32_t(1) << (kHardSub - 1)));
-      idx[j] = encode_winner(r0 + t, grad_goes_to_a(as[t], bs[t]));
+      idx[j] = encode_winner(r0 + t, (le >> t) & 1u);
     }
   }
 

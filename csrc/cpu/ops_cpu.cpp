@@ -91,7 +91,7 @@ HardArgs<T> hard_args(const at::Tensor& A, const at::Tensor& B, at::Tensor& C, i
   const int64_t batch = A.size(0), m = A.size(1), k = A.size(2), n = B.size(2);
   return {A.data_ptr<T>(), A.stride(0), A.stride(1), A.stride(2),
           B.data_ptr<T>(), B.stride(0), B.stride(1), B.stride(2),
-          C.data_ptr<T>(), sub, nullptr, batch, m, n, k, hard_row_block(batch, m, n)};
+          C.data_ptr<T>(), sub, batch, m, n, k, hard_row_block(batch, m, n)};
 }
 
 // C = A (max,min) B in the compute type.
@@ -160,17 +160,14 @@ std::tuple<at::Tensor, at::Tensor> hard_forward(const at::Tensor& A_in, const at
   at::Tensor idx = with_argmax ? at::empty({batch, m, n}, A.options().dtype(at::kInt)) : at::empty({0}, A.options().dtype(at::kInt));
   AT_DISPATCH_FLOATING_TYPES(ct, "vico_flow_hard_forward", [&] {
     if (!with_argmax) return hard_into<scalar_t>(A, B, C);
-    HardArgs<scalar_t> p = hard_args<scalar_t>(A, B, C, idx.data_ptr<int32_t>());
-    // The winner search reads B down its columns: a transposed copy pays off
-    // once there are enough rows to share it (a few flow rows read B in
-    // place). The tiled kernel writes it from its packed B as it goes.
-    const bool copied = m >= 32 && k > 0;
-    const at::Tensor Bt = copied ? search_workspace(B) : B;
-    if (copied && !p.small()) p.bt = Bt.data_ptr<scalar_t>();
+    const HardArgs<scalar_t> p = hard_args<scalar_t>(A, B, C, idx.data_ptr<int32_t>());
     const auto& kt = table_for<scalar_t>();
     run_tasks(p.num_tasks(), [&](int64_t t) { kt.hard(p, t); });
     if (k == 0) return;  // no r to find (and no gradient flows)
-    if (copied && p.small()) transposed_copy<scalar_t>(B, Bt);
+    // The winner search reads B down its columns: a transposed copy pays off
+    // once there are enough rows to share it; a few flow rows read B in place.
+    const bool copied = m >= 32;
+    const at::Tensor Bt = copied ? transposed_copy<scalar_t>(B, search_workspace(B)) : B;
     const at::Tensor Ac = A.contiguous();
     const ArgmaxArgs<scalar_t> s{Ac.data_ptr<scalar_t>(), Bt.data_ptr<scalar_t>(),
                                 copied ? n * k : B.stride(0), copied ? k : B.stride(2), copied ? 1 : B.stride(1),
@@ -330,7 +327,7 @@ void chain_block(const T* f, T* out, const std::vector<at::Tensor>& Ws, int64_t 
     const T* src = W.data_ptr<T>() + bi * W.stride(0);
     for (int64_t r = 0; r < n; ++r)
       for (int64_t j = 0; j < n; ++j) w[size_t(r * n + j)] = src[r * W.stride(1) + j * W.stride(2)];
-    HardArgs<T> hp{cur.data(), K * n, n, 1, w.data(), n * n, n, 1, nxt.data(), nullptr, nullptr, 1, K, n, n, kHardMC};
+    HardArgs<T> hp{cur.data(), K * n, n, 1, w.data(), n * n, n, 1, nxt.data(), nullptr, 1, K, n, n, kHardMC};
     for (int64_t t = 0; t < hp.num_tasks(); ++t) kt.hard(hp, t);
     if (soft && n > 0) {
       as.resize(size_t(K * n));

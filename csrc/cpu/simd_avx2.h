@@ -61,6 +61,8 @@ struct Avx2 {
   static uint32_t eq_mask(reg x, float h) {
     return uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_set1_ps(h), _CMP_EQ_OQ)));
   }
+  // Bit l set where grad_goes_to_a(a[l], b[l]) (the gradient goes to A).
+  static uint32_t le_mask(reg a, reg b) { return uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_LE_OQ))); }
   static void merge_max(float* c, reg acc) { _mm256_storeu_ps(c, _mm256_max_ps(_mm256_loadu_ps(c), acc)); }
   // ids[l] = sub where acc grew past its value before the sub-chunk.
   static void track(reg before, reg acc, int32_t* ids, int32_t sub) {

@@ -50,6 +50,8 @@ struct Avx512 {
   }
   static void store_lanes(float* out, reg v) { _mm512_storeu_ps(out, v); }
   static uint32_t eq_mask(reg x, float h) { return _mm512_cmp_ps_mask(x, _mm512_set1_ps(h), _CMP_EQ_OQ); }
+  // Bit l set where grad_goes_to_a(a[l], b[l]) (the gradient goes to A).
+  static uint32_t le_mask(reg a, reg b) { return _mm512_cmp_ps_mask(a, b, _CMP_LE_OQ); }
   // Scatter of the hard gradient, W outputs at a time: the lanes whose winner
   // goes to the wanted operand are compressed to the front (vpcompressd) and
   // added one by one. Gather/scatter instructions are microcoded and slow on
