@@ -55,7 +55,8 @@ PRODUCTS = {
 
 
 def _rounds(shape):
-    return {"256^3": 20, "1024^3": 5, "2048^3": 2}.get(shape, 5)
+    # enough rounds that a median survives this shared machine's noisy spells
+    return {"256^3": 20, "1024^3": 10, "2048^3": 3}.get(shape, 5)
 
 
 @pytest.mark.parametrize("phase", ["fwd", "fwd+bwd"])

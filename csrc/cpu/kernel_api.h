@@ -55,12 +55,10 @@ struct ArgmaxArgs {
   const T* c;    // contiguous [batch, m, n]
   int32_t* idx;  // in: winning sub-chunk (HardArgs::sub), out: encode_winner(first r reaching C, A <= B there)
   int64_t batch, m, n, k;
-  // kRows rows per task, visited kCols columns at a time: the row of A stays
-  // in L1, and the B^T rows of a column block (a few hundred pages) stay in
-  // the TLB while the task's rows pass over them. An output needs one
-  // sub-chunk of each (for B^T one cache line), fetched kAhead outputs ahead.
+  // kRows rows of outputs per task. An output needs one sub-chunk of a row of
+  // A and of a row of B^T (a cache line each at kHardSub = 16 floats), both
+  // scattered: they are prefetched kAhead outputs ahead.
   static constexpr int64_t kRows = 8;
-  static constexpr int64_t kCols = 256;
   static constexpr int64_t kAhead = 16;
   int64_t num_tasks() const { return batch * ceil_div(m, kRows); }
 };

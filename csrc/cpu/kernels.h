@@ -263,12 +263,11 @@ struct Kernels {
   }
 
   // ------------------------------------------------------------ hard argmax
-  // Rows of one task, a column block at a time (ArgmaxArgs).
+  // kRows rows of outputs (ArgmaxArgs).
   static void argmax(const ArgmaxArgs<T>& p, int64_t task) {
-    constexpr int64_t R = ArgmaxArgs<T>::kRows, J = ArgmaxArgs<T>::kCols;
+    constexpr int64_t R = ArgmaxArgs<T>::kRows;
     const int64_t row_tasks = ceil_div(p.m, R), bi = task / row_tasks, i0 = (task % row_tasks) * R;
-    for (int64_t j0 = 0; j0 < p.n; j0 += J)
-      for (int64_t i = i0; i < std::min(p.m, i0 + R); ++i) search_row(p, bi, i, j0, std::min(p.n, j0 + J));
+    for (int64_t i = i0; i < std::min(p.m, i0 + R); ++i) search_row(p, bi, i, 0, p.n);
   }
 
   // Outputs (i, j_begin..j_end): turn each winning sub-chunk into the first r
@@ -294,12 +293,16 @@ struct Kernels {
       }
       return;
     }
-    // The B^T segments are scattered over the matrix: fetch them kAhead
-    // outputs ahead (the row of A stays in L1). The loop runs once per output,
-    // so it reads only locals hoisted above.
+    // The segments are scattered over B^T and the row of A: fetch both kAhead
+    // outputs ahead. The loop runs once per output, so it reads only locals
+    // hoisted above.
     constexpr int64_t kAhead = ArgmaxArgs<T>::kAhead;
     for (int64_t j = j_begin; j < j_end; ++j) {
-      if (j + kAhead < j_end) __builtin_prefetch(btb + (j + kAhead) * sj + int64_t(idx[j + kAhead]) * kHardSub);
+      if (j + kAhead < j_end) {
+        const int64_t ahead = int64_t(idx[j + kAhead]) * kHardSub;
+        __builtin_prefetch(btb + (j + kAhead) * sj + ahead);
+        __builtin_prefetch(a + ahead);
+      }
       const int64_t r0 = int64_t(idx[j]) * kHardSub;
       const T* as = a + r0;
       const T* bs = btb + j * sj + r0;

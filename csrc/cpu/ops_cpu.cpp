@@ -140,7 +140,7 @@ at::Tensor transposed_copy(const at::Tensor& X, at::Tensor out = at::Tensor()) {
 // up to kKeepBytes: a fresh buffer of that size costs a page fault per 4 KB
 // on every call, about a tenth of the search itself.
 at::Tensor search_workspace(const at::Tensor& B) {
-  constexpr int64_t kKeepBytes = int64_t(256) << 20;
+  constexpr int64_t kKeepBytes = int64_t(64) << 20;
   const int64_t bytes = B.numel() * B.element_size();
   thread_local at::Tensor kept;
   if (bytes > kKeepBytes) return at::empty({B.size(0), B.size(2), B.size(1)}, B.options());
