@@ -5,6 +5,8 @@
 
 #include <cstdint>
 
+#include "transpose.h"
+
 namespace vico_flow {
 namespace cpu {
 
@@ -112,6 +114,7 @@ struct KernelTable {
   void (*soft_grad)(const SoftGradArgs<T>&, int64_t task);
   void (*scatter_a)(const ScatterArgs<T>&, int64_t task);  // one row of dA per task
   void (*scatter_b)(const ScatterArgs<T>&, int64_t task);  // one column tile of dB per task
+  void (*transpose)(const TransposeArgs<T>&, int64_t task);  // one block of kRows rows per task
 };
 
 // Defined in kernels_<isa>.cpp.

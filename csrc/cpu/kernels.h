@@ -531,8 +531,26 @@ struct Kernels {
       for (int64_t jj = j0; jj < j1; ++jj) out[r * p.n + jj] = slab[size_t(r * C + (jj - j0))];
   }
 
+  // ------------------------------------------------------------ transpose
+  // A block of 16 rows of X into columns of X^T: whole 16x16 blocks in
+  // registers where the ISA can (V::kTranspose16), the rest through a tile.
+  static void transpose(const TransposeArgs<T>& p, int64_t task) {
+    int64_t c0 = 0;
+    if constexpr (V::kTranspose16) {
+      constexpr int64_t R = TransposeArgs<T>::kRows;
+      static_assert(R == W, "a 16x16 block is 16 vectors");
+      const int64_t bi = task / p.row_blocks(), r0 = (task % p.row_blocks()) * R;
+      if (r0 + R <= p.k && p.s_sc == 1) {
+        const T* src = p.src + bi * p.s_sb + r0 * p.s_sr;
+        T* dst = p.dst + bi * p.n * p.k + r0;
+        for (; c0 + R <= p.n; c0 += R) V::transpose16(src + c0, p.s_sr, dst + c0 * p.k, p.k);
+      }
+    }
+    transpose_rest(p, task, c0);
+  }
+
   static KernelTable<T> table(const char* name) {
-    return {name, &hard, &argmax, &soft_fwd, &soft_grad, &scatter_a, &scatter_b};
+    return {name, &hard, &argmax, &soft_fwd, &soft_grad, &scatter_a, &scatter_b, &transpose};
   }
 };
 

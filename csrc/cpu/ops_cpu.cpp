@@ -10,6 +10,7 @@
 #include <limits>
 #include <string>
 #include <tuple>
+#include <type_traits>
 
 #include "../tropical_common.h"
 #include "kernel_api.h"
@@ -102,37 +103,20 @@ void hard_into(const at::Tensor& A, const at::Tensor& B, at::Tensor& C) {
   run_tasks(p.num_tasks(), [&](int64_t t) { kt.hard(p, t); });
 }
 
-// Contiguous [b, n, k] copy of X [b, k, n]. A task reads a block of rows along
-// their length into a small tile and writes it out transposed: reading down a
-// column directly would put rows 4 KB apart into one L1 set and thrash it.
+// Contiguous [b, n, k] copy of X [b, k, n] (into `out` when given): float
+// through the kernels' table (vector 16x16 blocks), other types through the
+// shared tile loop (transpose.h).
 template <class T>
 at::Tensor transposed_copy(const at::Tensor& X, at::Tensor out = at::Tensor()) {
   const int64_t batch = X.size(0), k = X.size(1), n = X.size(2);
   if (!out.defined()) out = at::empty({batch, n, k}, X.options());
-  const T* src = X.data_ptr<T>();
-  T* dst = out.data_ptr<T>();
-  const int64_t sb = X.stride(0), sr = X.stride(1), sc = X.stride(2);
-  constexpr int64_t kRows = 16, kCols = 64;
-  const int64_t rb = ceil_div(k, kRows);
-  run_tasks(batch * rb, [&](int64_t t) {
-    const int64_t bi = t / rb, r0 = (t % rb) * kRows, rows = std::min(k - r0, kRows);
-    T tile[kRows][kCols];
-    for (int64_t c0 = 0; c0 < n; c0 += kCols) {
-      const int64_t cols = std::min(n - c0, kCols);
-      for (int64_t r = 0; r < rows; ++r) {
-        const T* row = src + bi * sb + (r0 + r) * sr + c0 * sc;
-        if (sc == 1) {
-          for (int64_t j = 0; j < cols; ++j) tile[r][j] = row[j];
-        } else {
-          for (int64_t j = 0; j < cols; ++j) tile[r][j] = row[j * sc];
-        }
-      }
-      for (int64_t j = 0; j < cols; ++j) {
-        T* col = dst + (bi * n + c0 + j) * k + r0;
-        for (int64_t r = 0; r < rows; ++r) col[r] = tile[r][j];
-      }
-    }
-  });
+  const TransposeArgs<T> p{X.data_ptr<T>(), X.stride(0), X.stride(1), X.stride(2), out.data_ptr<T>(), batch, k, n};
+  if constexpr (std::is_same_v<T, float>) {
+    const auto& kt = float_table();
+    run_tasks(p.num_tasks(), [&](int64_t t) { kt.transpose(p, t); });
+  } else {
+    run_tasks(p.num_tasks(), [&](int64_t t) { transpose_rest(p, t, 0); });
+  }
   return out;
 }
 

@@ -19,6 +19,7 @@ struct Avx2 {
   // 6 rows x 2 vectors (12 accumulators + 2 B vectors + broadcasts).
   static constexpr int hard_mr = 6;
   static constexpr int hard_nv = 2;
+  static constexpr bool kTranspose16 = false;  // transposes through a tile
   static constexpr bool kScatter = false;  // gradient scatter: scalar loops
   static constexpr int soft_nv = 2;
 

@@ -20,6 +20,7 @@ struct Avx512 {
   static constexpr int hard_mr = 6;
   static constexpr int hard_nv = 4;
   static constexpr int soft_nv = 4;
+  static constexpr bool kTranspose16 = true;  // transpose16 below
   static constexpr bool kScatter = true;  // gradient scatter: compressed lanes (scatter_add_to_a/b)
 
   static __mmask16 tail_mask(int n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n < 0 ? 0 : n)) - 1u); }
@@ -78,6 +79,32 @@ struct Avx512 {
     _mm512_store_ps(ga, _mm512_maskz_compress_ps(keep, g));
     const int cnt = __builtin_popcount(unsigned(keep));
     for (int t = 0; t < cnt; ++t) out[oa[t]] += ga[t];
+  }
+  // dst[j * ld + i] = src[i * ls + j] for a 16x16 block: unpacks, then
+  // in-lane and cross-lane shuffles (4 stages of 16 instructions).
+  static void transpose16(const float* src, int64_t ls, float* dst, int64_t ld) {
+    reg r[16], t[16];
+    for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ls);
+    for (int i = 0; i < 8; ++i) {
+      t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+      t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; ++i) {
+      r[4 * i + 0] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+      r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i + 0], t[4 * i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+      r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+      r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+    }
+    for (int i = 0; i < 2; ++i)
+      for (int j = 0; j < 4; ++j) {
+        t[8 * i + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], 0x88);
+        t[8 * i + 4 + j] = _mm512_shuffle_f32x4(r[8 * i + j], r[8 * i + 4 + j], 0xdd);
+      }
+    for (int j = 0; j < 8; ++j) {
+      r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
+      r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xdd);
+    }
+    for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ld, r[i]);
   }
   static void merge_max(float* c, reg acc) { _mm512_storeu_ps(c, _mm512_max_ps(_mm512_loadu_ps(c), acc)); }
   // ids[l] = sub where acc grew past its value before the sub-chunk.

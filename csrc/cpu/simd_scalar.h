@@ -17,6 +17,7 @@ struct Scalar {
   static constexpr int width = 1;
   static constexpr int hard_mr = 4;  // register tile: 4 rows x 4 columns
   static constexpr int hard_nv = 4;
+  static constexpr bool kTranspose16 = false;  // transposes through a tile
   static constexpr bool kScatter = false;  // gradient scatter: scalar loops
   static constexpr int soft_nv = 4;
 
