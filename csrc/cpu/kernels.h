@@ -201,15 +201,21 @@ struct Kernels {
           reg acc[RB], before[RB];
           int32_t ids[RB][W] = {};
           for (int ii = 0; ii < RB; ++ii) acc[ii] = V::set1(neg_inf());
-          for (int64_t r0 = 0; r0 < p.k; r0 += kHardSub) {  // sub-chunk tracking as in micro_tracked()
-            for (int ii = 0; ii < RB; ++ii) before[ii] = acc[ii];
-            for (int64_t r = r0; r < std::min(p.k, r0 + kHardSub); ++r) {
+          auto steps_small = [&](int64_t r0, int64_t r1) {
+            for (int64_t r = r0; r < r1; ++r) {
               const reg bv = V::load(bbuf.data() + r * npad + j0);
               for (int ii = 0; ii < rows; ++ii)
                 acc[ii] = V::max(acc[ii], V::min(V::set1(a[(i0 + ii) * p.a_si + r * p.a_sr]), bv));
             }
-            if (p.sub && r0 > 0)
+          };
+          if (!p.sub) {
+            steps_small(0, p.k);
+          } else {
+            for (int64_t r0 = 0; r0 < p.k; r0 += kHardSub) {  // sub-chunk tracking as in micro_tracked()
+              for (int ii = 0; ii < rows; ++ii) before[ii] = acc[ii];
+              steps_small(r0, std::min(p.k, r0 + kHardSub));
               for (int ii = 0; ii < rows; ++ii) V::track(before[ii], acc[ii], ids[ii], int32_t(r0 / kHardSub));
+            }
           }
           const int cols = int(std::min<int64_t>(W, p.n - j0));
           for (int ii = 0; ii < rows; ++ii) {
