@@ -33,6 +33,22 @@ def _tile_ids(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, GROUP_M: tl.co
 
 
 @triton.jit
+def _k_slab(A, B, rm, rn, kk, M, N, K, sam, sak, sbk, sbn):
+    """A[rm, kk] and B[kk, rn], -inf outside the matrices (the identity of max)."""
+    a = tl.load(A + rm[:, None] * sam + kk[None, :] * sak, mask=(rm[:, None] < M) & (kk[None, :] < K),
+                other=float("-inf"))
+    b = tl.load(B + kk[:, None] * sbk + rn[None, :] * sbn, mask=(kk[:, None] < K) & (rn[None, :] < N),
+                other=float("-inf"))
+    return a, b
+
+
+@triton.jit
+def _exp2_clamped(x):
+    """2^x with x clamped to [-EXP2_CLAMP, EXP2_CLAMP], as the CPU and CUDA kernels."""
+    return tl.exp2(tl.minimum(tl.maximum(x, -EXP2_CLAMP), EXP2_CLAMP))
+
+
+@triton.jit
 def hard_fwd_kernel(
     A, B, C, Win,
     M, N, K,
@@ -55,10 +71,9 @@ def hard_fwd_kernel(
     arg = tl.zeros((BLOCK_M, BLOCK_N), tl.int32)
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + rk
-        a = tl.load(A + rm[:, None] * sam + kk[None, :] * sak, mask=(rm[:, None] < M) & (kk[None, :] < K),
-                    other=float("-inf")).to(acc.dtype)
-        b = tl.load(B + kk[:, None] * sbk + rn[None, :] * sbn, mask=(kk[:, None] < K) & (rn[None, :] < N),
-                    other=float("-inf")).to(acc.dtype)
+        a, b = _k_slab(A, B, rm, rn, kk, M, N, K, sam, sak, sbk, sbn)
+        a = a.to(acc.dtype)
+        b = b.to(acc.dtype)
         t = tl.minimum(a[:, :, None], b[None, :, :])  # [BM, BK, BN]
         cmax = tl.max(t, axis=1)
         if WITH_WINNERS:
@@ -106,12 +121,11 @@ def soft_fwd_kernel(
     for k0 in range(0, K, BLOCK_K):
         kk = k0 + rk
         # padding -inf: 2^(hs - (-inf)) clamps to 2^100, its term is ~0
-        a = tl.load(A + rm[:, None] * sam + kk[None, :] * sak, mask=(rm[:, None] < M) & (kk[None, :] < K),
-                    other=float("-inf")).to(h.dtype) * scale
-        b = tl.load(B + kk[:, None] * sbk + rn[None, :] * sbn, mask=(kk[:, None] < K) & (rn[None, :] < N),
-                    other=float("-inf")).to(h.dtype) * scale
-        ea = tl.exp2(tl.minimum(tl.maximum(hs[:, None, :] - a[:, :, None], -EXP2_CLAMP), EXP2_CLAMP))
-        eb = tl.exp2(tl.minimum(tl.maximum(hs[:, None, :] - b[None, :, :], -EXP2_CLAMP), EXP2_CLAMP))
+        a, b = _k_slab(A, B, rm, rn, kk, M, N, K, sam, sak, sbk, sbn)
+        a = a.to(h.dtype) * scale
+        b = b.to(h.dtype) * scale
+        ea = _exp2_clamped(hs[:, None, :] - a[:, :, None])
+        eb = _exp2_clamped(hs[:, None, :] - b[None, :, :])
         total += tl.sum(1.0 / (ea + eb), axis=1)
     out = tl.where(finite, h + tau * tl.log(total), h)
     tl.store(C + bid * M * N + rm[:, None] * N + rn[None, :], out, mask=cmask)
@@ -156,8 +170,8 @@ def soft_grad_rhs_kernel(
         live = (c == c) & (tl.abs(c) < float("inf"))
         g = tl.where(live, g, 0.0)
         cs = tl.where(live, c, 0.0) * scale  # [BI, BN]
-        u = tl.exp2(tl.minimum(tl.maximum(cs[:, None, :] - a[:, :, None], -EXP2_CLAMP), EXP2_CLAMP))
-        v = tl.exp2(tl.minimum(tl.maximum(cs[:, None, :] - b[None, :, :], -EXP2_CLAMP), EXP2_CLAMP))
+        u = _exp2_clamped(cs[:, None, :] - a[:, :, None])
+        v = _exp2_clamped(cs[:, None, :] - b[None, :, :])
         p = 1.0 / (u + v)
         total += tl.sum(g[:, None, :] * v * p * p, axis=0)
     tl.store(D + bid * sdb + rr[:, None] * sdk + rn[None, :] * sdn, total, mask=bmask)
