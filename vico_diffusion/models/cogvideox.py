@@ -21,5 +21,4 @@ FAMILY = Family(
     classify=classify,
     token_grid=token_grid,
     text_tokens=lambda model, records: model.config.max_text_seq_length,
-    latent_batch=lambda shape: shape[0],
 )

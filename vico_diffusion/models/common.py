@@ -27,7 +27,6 @@ class Family:
     classify: Callable[[str], str]  # module name -> one of KINDS
     token_grid: Callable[[object, tuple], Grid]  # (model, latent shape) -> full-resolution token grid
     text_tokens: Callable[[object, list], int]  # (model, records) -> number of text tokens
-    latent_batch: Callable[[tuple], int]  # latent shape -> batch size
 
 
 def level_grid(full: Grid, pixels: int, where: str) -> Grid:
@@ -43,7 +42,7 @@ def level_grid(full: Grid, pixels: int, where: str) -> Grid:
 def assemble(family: Family, model, records: list, latent_shape: tuple, sample_index: int = -1, **graph_kw) -> FlowGraph:
     """The FlowGraph of one sample of one captured forward pass."""
     full = family.token_grid(model, tuple(latent_shape))
-    B = family.latent_batch(tuple(latent_shape))
+    B = latent_shape[0]  # every family's latent is batch-first
     s = sample_index % B
     L = family.text_tokens(model, records)
     layers, grid, first_grid = [], None, None

@@ -17,5 +17,4 @@ FAMILY = Family(
     classify=classify,
     token_grid=bcfhw_grid,
     text_tokens=text_tokens_from_cross(classify),
-    latent_batch=lambda shape: shape[0],
 )
