@@ -278,11 +278,14 @@ struct Kernels {
 
   // Outputs (i, j_begin..j_end): turn each winning sub-chunk into the first r
   // in it whose min(A[i,r], B[r,j]) equals C[i,j] (the first-index tie rule),
-  // and record where its gradient goes. One vector compare per W values, no
-  // data-dependent branch: this loop runs once per output, so every
-  // instruction in it counts.
+  // and record where its gradient goes. This runs once per output, so it is
+  // split in two passes that keep the per-output work to loads, compares and
+  // mask stores: pass 1 notes, per output, which lanes of the sub-chunk reach
+  // C (eq) and where A <= B (le); pass 2 turns kSeg of those mask pairs into
+  // encoded winners, W outputs per vector where the ISA can.
+  static constexpr int64_t kSeg = 256;
   static void search_row(const ArgmaxArgs<T>& p, int64_t bi, int64_t i, int64_t j_begin, int64_t j_end) {
-    static_assert(kHardSub % W == 0 && kHardSub <= 32, "a sub-chunk is whole vectors, its bits one uint32");
+    static_assert(kHardSub % W == 0 && kHardSub <= 16, "a sub-chunk is whole vectors, its bits one uint16");
     const T* const a = p.a + (bi * p.m + i) * p.k;
     const T* const c = p.c + (bi * p.m + i) * p.n;
     const T* const btb = p.bt + bi * p.bt_sb;
@@ -300,48 +303,74 @@ struct Kernels {
       return;
     }
     // The segments are scattered over B^T and the row of A: fetch both kAhead
-    // outputs ahead. The loop runs once per output, so it reads only locals
-    // hoisted above.
+    // outputs ahead. The loop reads only locals hoisted above.
     constexpr int64_t kAhead = ArgmaxArgs<T>::kAhead;
-    for (int64_t j = j_begin; j < j_end; ++j) {
-      if (j + kAhead < j_end) {
-        const int64_t ahead = int64_t(idx[j + kAhead]) * kHardSub;
-        __builtin_prefetch(btb + (j + kAhead) * sj + ahead);
-        __builtin_prefetch(a + ahead);
+    alignas(64) uint16_t eqs[kSeg], les[kSeg];
+    for (int64_t s0 = j_begin; s0 < j_end; s0 += kSeg) {
+      const int64_t s1 = std::min(j_end, s0 + kSeg), ahead_end = std::max(s0, std::min(s1, j_end - kAhead));
+      const T* bt = btb + s0 * sj;
+      int64_t j = s0;
+      for (; j < ahead_end; ++j, bt += sj) {
+        const int64_t later = int64_t(idx[j + kAhead]) * kHardSub;
+        __builtin_prefetch(bt + kAhead * sj + later);
+        __builtin_prefetch(a + later);
+        search_masks(a, bt, k, idx[j], c[j], eqs + (j - s0), les + (j - s0));
       }
-      const int64_t r0 = int64_t(idx[j]) * kHardSub;
-      const T* as = a + r0;
-      const T* bs = btb + j * sj + r0;
-      if (r0 + kHardSub > k) {  // the ragged last sub-chunk, out of the hot path
-        idx[j] = search_ragged(as, bs, int(k - r0), c[j], r0);
-        continue;
-      }
-      const T h = c[j];
-      uint32_t eq = 0, le = 0;
-#pragma GCC unroll 32
-      for (int v = 0; v < int(kHardSub / W); ++v) {
-        const reg va = V::load(as + v * W), vb = V::load(bs + v * W);
-        eq |= V::eq_mask(V::min(va, vb), h) << (v * W);
-        le |= V::le_mask(va, vb) << (v * W);
-      }
-      // eq == 0 cannot happen (C is attained in its sub-chunk); the top bit
-      // keeps t in range regardless, without a branch
-      const int t = __builtin_ctz(eq | (uint32_t(1) << (kHardSub - 1)));
-      idx[j] = encode_winner(r0 + t, (le >> t) & 1u);
+      for (; j < s1; ++j, bt += sj) search_masks(a, bt, k, idx[j], c[j], eqs + (j - s0), les + (j - s0));
+      encode_winners(eqs, les, idx + s0, int(s1 - s0));
     }
   }
 
-  // search_row for a sub-chunk of len < kHardSub values at as, bs (r0 onward).
-  __attribute__((noinline)) static int32_t search_ragged(const T* as, const T* bs, int len, T h, int64_t r0) {
-    uint32_t eq = 0;
+  // Pass 1 of search_row for one output: the eq and le masks of sub-chunk
+  // `sub` of A's row at a and B^T's row at bt.
+  static inline __attribute__((always_inline)) void search_masks(const T* a, const T* bt, int64_t k, int32_t sub, T h,
+                                                                 uint16_t* eq_out, uint16_t* le_out) {
+    const int64_t r0 = int64_t(sub) * kHardSub;
+    if (r0 + kHardSub > k) {  // the ragged last sub-chunk, out of the hot path
+      search_ragged(a + r0, bt + r0, int(k - r0), h, eq_out, le_out);
+      return;
+    }
+    uint32_t eq = 0, le = 0;
+#pragma GCC unroll 16
+    for (int v = 0; v < int(kHardSub / W); ++v) {
+      const reg va = V::load(a + r0 + v * W), vb = V::load(bt + r0 + v * W);
+      eq |= V::eq_mask(V::min(va, vb), h) << (v * W);
+      le |= V::le_mask(va, vb) << (v * W);
+    }
+    *eq_out = uint16_t(eq);
+    *le_out = uint16_t(le);
+  }
+
+  // Pass 1 of search_row for a sub-chunk of len < kHardSub values at as, bs:
+  // lanes past the end never match, and a (never expected) miss is pointed at
+  // lane 0 so that the winner stays inside the operands.
+  __attribute__((noinline)) static void search_ragged(const T* as, const T* bs, int len, T h, uint16_t* eq_out,
+                                                      uint16_t* le_out) {
+    uint32_t eq = 0, le = 0;
     for (int v = 0; v * W < len; ++v) {
       const int cnt = std::min(W, len - v * W);
       const uint32_t lanes = cnt < W ? (uint32_t(1) << cnt) - 1 : ~uint32_t(0);
-      eq |= (V::eq_mask(V::min(V::load_partial(as + v * W, cnt, T(0)), V::load_partial(bs + v * W, cnt, T(0))), h) & lanes)
-            << (v * W);
+      const reg va = V::load_partial(as + v * W, cnt, T(0)), vb = V::load_partial(bs + v * W, cnt, T(0));
+      eq |= (V::eq_mask(V::min(va, vb), h) & lanes) << (v * W);
+      le |= (V::le_mask(va, vb) & lanes) << (v * W);
     }
-    const int t = eq ? __builtin_ctz(eq) : 0;
-    return encode_winner(r0 + t, grad_goes_to_a(as[t], bs[t]));
+    *eq_out = uint16_t(eq ? eq : 1u);
+    *le_out = uint16_t(le);
+  }
+
+  // Pass 2 of search_row: idx[q] (in: the winning sub-chunk) = encode_winner(
+  // first lane of eq[q], le bit there), W at a time where the ISA has
+  // V::encode_winners. The top lane is or-ed into eq so that a miss (never
+  // expected) stays inside the sub-chunk without a branch.
+  static void encode_winners(const uint16_t* eq, const uint16_t* le, int32_t* idx, int cnt) {
+    int q = 0;
+    if constexpr (V::kEncodeWinners) {
+      for (; q + W <= cnt; q += W) V::encode_winners(eq + q, le + q, idx + q, int32_t(kHardSub));
+    }
+    for (; q < cnt; ++q) {
+      const int t = __builtin_ctz(uint32_t(eq[q]) | (uint32_t(1) << (kHardSub - 1)));
+      idx[q] = encode_winner(int64_t(idx[q]) * kHardSub + t, (le[q] >> t) & 1u);
+    }
   }
 
   // ------------------------------------------------------------ soft forward

@@ -21,6 +21,7 @@ struct Avx2 {
   static constexpr int hard_nv = 2;
   static constexpr bool kTranspose16 = false;  // transposes through a tile
   static constexpr bool kScatter = false;  // gradient scatter: scalar loops
+  static constexpr bool kEncodeWinners = false;  // winner search pass 2: scalar loop
   static constexpr int soft_nv = 2;
 
   static __m256i tail_mask(int n) {

@@ -22,6 +22,7 @@ struct Avx512 {
   static constexpr int soft_nv = 4;
   static constexpr bool kTranspose16 = true;  // transpose16 below
   static constexpr bool kScatter = true;  // gradient scatter: compressed lanes (scatter_add_to_a/b)
+  static constexpr bool kEncodeWinners = true;  // winner search pass 2: encode_winners below
 
   static __mmask16 tail_mask(int n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n < 0 ? 0 : n)) - 1u); }
   static reg load(const float* p) { return _mm512_loadu_ps(p); }
@@ -53,6 +54,21 @@ struct Avx512 {
   static uint32_t eq_mask(reg x, float h) { return _mm512_cmp_ps_mask(x, _mm512_set1_ps(h), _CMP_EQ_OQ); }
   // Bit l set where grad_goes_to_a(a[l], b[l]) (the gradient goes to A).
   static uint32_t le_mask(reg a, reg b) { return _mm512_cmp_ps_mask(a, b, _CMP_LE_OQ); }
+  // Pass 2 of the winner search for 16 outputs (Kernels::encode_winners):
+  // idx[l] = encode_winner(idx[l] * sub + t, le bit t) with t the lowest set
+  // bit of eq[l] | (1 << (sub - 1)). The lowest bit is isolated (x & -x) and
+  // its position read off the float exponent: exact for sub <= 24.
+  static void encode_winners(const uint16_t* eq, const uint16_t* le, int32_t* idx, int32_t sub) {
+    const __m512i e = _mm512_or_si512(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(eq))),
+                                      _mm512_set1_epi32(int32_t(1) << (sub - 1)));
+    const __m512i l = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(le)));
+    const __m512i low = _mm512_and_si512(e, _mm512_sub_epi32(_mm512_setzero_si512(), e));
+    const __m512i t = _mm512_sub_epi32(_mm512_srli_epi32(_mm512_castps_si512(_mm512_cvtepi32_ps(low)), 23),
+                                       _mm512_set1_epi32(127));
+    const __mmask16 to_b = _mm512_testn_epi32_mask(l, low);
+    const __m512i r = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_loadu_si512(idx), _mm512_set1_epi32(sub)), t);
+    _mm512_storeu_si512(idx, _mm512_mask_xor_epi32(r, to_b, r, _mm512_set1_epi32(-1)));  // ~r: to B
+  }
   // Scatter of the hard gradient, W outputs at a time: the lanes whose winner
   // goes to the wanted operand are compressed to the front (vpcompressd) and
   // added one by one. Gather/scatter instructions are microcoded and slow on

@@ -19,6 +19,7 @@ struct Scalar {
   static constexpr int hard_nv = 4;
   static constexpr bool kTranspose16 = false;  // transposes through a tile
   static constexpr bool kScatter = false;  // gradient scatter: scalar loops
+  static constexpr bool kEncodeWinners = false;  // winner search pass 2: scalar loop
   static constexpr int soft_nv = 4;
 
   static reg load(const T* p) { return *p; }
