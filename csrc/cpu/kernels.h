@@ -306,6 +306,7 @@ struct Kernels {
     // outputs ahead. The loop reads only locals hoisted above.
     constexpr int64_t kAhead = ArgmaxArgs<T>::kAhead;
     alignas(64) uint16_t eqs[kSeg], les[kSeg];
+    const int32_t full_subs = int32_t(k / kHardSub);  // sub-chunks holding kHardSub values
     for (int64_t s0 = j_begin; s0 < j_end; s0 += kSeg) {
       const int64_t s1 = std::min(j_end, s0 + kSeg), ahead_end = std::max(s0, std::min(s1, j_end - kAhead));
       const T* bt = btb + s0 * sj;
@@ -314,27 +315,28 @@ struct Kernels {
         const int64_t later = int64_t(idx[j + kAhead]) * kHardSub;
         __builtin_prefetch(bt + kAhead * sj + later);
         __builtin_prefetch(a + later);
-        search_masks(a, bt, k, idx[j], c[j], eqs + (j - s0), les + (j - s0));
+        search_masks(a, bt, k, full_subs, idx[j], c + j, eqs + (j - s0), les + (j - s0));
       }
-      for (; j < s1; ++j, bt += sj) search_masks(a, bt, k, idx[j], c[j], eqs + (j - s0), les + (j - s0));
+      for (; j < s1; ++j, bt += sj) search_masks(a, bt, k, full_subs, idx[j], c + j, eqs + (j - s0), les + (j - s0));
       encode_winners(eqs, les, idx + s0, int(s1 - s0));
     }
   }
 
   // Pass 1 of search_row for one output: the eq and le masks of sub-chunk
-  // `sub` of A's row at a and B^T's row at bt.
-  static inline __attribute__((always_inline)) void search_masks(const T* a, const T* bt, int64_t k, int32_t sub, T h,
-                                                                 uint16_t* eq_out, uint16_t* le_out) {
+  // `sub` of A's row at a and B^T's row at bt, against the output at c.
+  static inline __attribute__((always_inline)) void search_masks(const T* a, const T* bt, int64_t k, int32_t full_subs,
+                                                                 int32_t sub, const T* c, uint16_t* eq_out,
+                                                                 uint16_t* le_out) {
     const int64_t r0 = int64_t(sub) * kHardSub;
-    if (r0 + kHardSub > k) {  // the ragged last sub-chunk, out of the hot path
-      search_ragged(a + r0, bt + r0, int(k - r0), h, eq_out, le_out);
+    if (sub >= full_subs) {  // the ragged last sub-chunk, out of the hot path
+      search_ragged(a + r0, bt + r0, int(k - r0), *c, eq_out, le_out);
       return;
     }
     uint32_t eq = 0, le = 0;
 #pragma GCC unroll 16
     for (int v = 0; v < int(kHardSub / W); ++v) {
       const reg va = V::load(a + r0 + v * W), vb = V::load(bt + r0 + v * W);
-      eq |= V::eq_mask(V::min(va, vb), h) << (v * W);
+      eq |= V::eq_mask(V::min(va, vb), *c) << (v * W);
       le |= V::le_mask(va, vb) << (v * W);
     }
     *eq_out = uint16_t(eq);
