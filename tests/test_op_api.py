@@ -103,3 +103,18 @@ def test_isa_selection_errors():
     ext = _backends.compiled_extension()
     _raises(ValueError, r"isa must be 'auto', 'avx512', 'avx2' or 'scalar'", ext.set_cpu_isa, "sse9")
     assert ext.cpu_isa() in ext.available_cpu_isas()
+
+
+def test_hard_backward_does_not_build_a_gradient_for_the_winners():
+    # The forward's second output (int32 winners) never receives a gradient;
+    # autograd must not allocate and zero one the size of C on every backward.
+    A = torch.rand(64, 48, requires_grad=True)
+    B = torch.rand(48, 80, requires_grad=True)
+    out = vico_flow.minmax_matmul(A, B)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out.backward(torch.ones_like(out))
+    names = {e.key for e in prof.key_averages()}
+    assert "vico_flow::minmax_mm_backward" in names
+    assert not names & {"aten::zeros", "aten::zero_", "aten::zeros_like"}, sorted(names)
+    rA, rB = torch.autograd.grad(reference.minmax_matmul(A, B).sum(), (A, B))
+    assert torch.equal(A.grad, rA) and torch.equal(B.grad, rB)

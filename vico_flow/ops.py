@@ -65,9 +65,15 @@ def _minmax_setup(ctx, inputs, output):
     ctx.save_for_backward(A, B, output[1])
     ctx.backend = backend
     ctx.with_argmax = with_argmax
+    # The winners output (int32) never has a gradient; without this, autograd
+    # would allocate and zero one as large as C on every backward.
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)
 
 
 def _minmax_bwd(ctx, grad_c, _grad_argmax):
+    if grad_c is None:  # C took no part in what was differentiated
+        return None, None, None, None
     A, B, argmax = ctx.saved_tensors
     if not ctx.with_argmax:
         raise RuntimeError(
