@@ -1,9 +1,12 @@
 """The public API of the products: custom-op registration (opcheck, compile),
 backends, and a clear error for every bad input."""
 import math
+import re
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import vico_flow
 from vico_flow import reference
@@ -87,6 +90,45 @@ def test_bad_inputs_raise_clear_errors(name):
     _raises(ValueError, r"backend must be one of", f, A, B, backend="gpu")
     if not torch.cuda.is_available():
         _raises(ValueError, r"backend 'cuda' is not available", f, A, B, backend="cuda")
+
+
+# (m, k, n) reaching each CPU kernel path: the small-product path, the cache-
+# tiled path with several depth chunks and ragged edges, and rows enough for the
+# winner search to use its transposed copy of B.
+NAN_SHAPES = [(5, 9, 7), (64, 256, 32), (70, 300, 90), (33, 513, 40)]
+
+
+@given(
+    shape=st.sampled_from(NAN_SHAPES),
+    in_a=st.booleans(),
+    where=st.floats(0, 1, exclude_max=True),
+    dtype=st.sampled_from([torch.float32, torch.float64, torch.float16, torch.bfloat16]),
+    name=st.sampled_from(sorted(FUNCS)),
+    grad=st.booleans(),
+)
+def test_cpu_kernels_refuse_nan_anywhere(isa, shape, in_a, where, dtype, name, grad):
+    # The CPU backend skips the separate NaN scan: its kernels look for NaN as
+    # they pack the operands. A NaN at any position, on any path, ISA and dtype,
+    # must still raise the API's error naming the operand and the first NaN.
+    m, k, n = shape
+    A, B = torch.rand(2, m, k).to(dtype), torch.rand(k, n).to(dtype)
+    target = A if in_a else B
+    flat = int(where * target.numel())
+    target.view(-1)[flat] = math.nan
+    # indices name the flattened [batch, rows, cols] operand (B broadcast to the batch)
+    index = tuple(int(v) for v in torch.nonzero(torch.isnan(A if in_a else B.expand(2, k, n)))[0])
+    A.requires_grad_(grad)
+    B.requires_grad_(grad)
+    message = f"{'A' if in_a else 'B'} contains NaN (first at index {index})"
+    _raises(ValueError, re.escape(message), FUNCS[name], A, B, backend="cpu")
+
+
+def test_cpu_kernels_refuse_nan_in_empty_outputs():
+    # No output, so the kernels read nothing: the scan still refuses the operand.
+    A = torch.rand(4, 6)
+    A[2, 3] = math.nan
+    for f in FUNCS.values():
+        _raises(ValueError, r"A contains NaN", f, A, torch.rand(6, 0), backend="cpu")
 
 
 def test_bad_tau():

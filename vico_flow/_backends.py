@@ -10,6 +10,8 @@ A backend is an object with four functions on checked, broadcast 3-D operands
 
 where `winners` is reference.encode_winners' format: the first r reaching the
 max, stored as r when the gradient goes to A and as ~r when it goes to B.
+A backend may set ``refuses_nan = True`` when its forward kernels raise
+ValueError on NaN operands themselves (vico_flow.ops then skips its own scan).
 """
 from __future__ import annotations
 
@@ -55,6 +57,7 @@ def _cpu_backend():
     return SimpleNamespace(
         name="cpu",
         devices=("cpu",),
+        refuses_nan=True,  # the kernels raise ValueError on NaN operands (checked as they are packed)
         hard_forward=ext.hard_forward,
         hard_backward=ext.hard_backward,
         soft_forward=ext.soft_forward,

@@ -37,11 +37,30 @@ def _check_values(A: Tensor, B: Tensor, fn: str) -> None:
     check_no_nan(B, "B", fn)
 
 
+def _forward(backend: str, kernel: str, A: Tensor, B: Tensor, fn: str, *args):
+    """Runs a backend's forward kernel on operands without NaN.
+
+    Backends whose kernels look for NaN themselves as they read the operands
+    (``refuses_nan``: the CPU kernels check each packed block) skip the
+    separate pass over A and B; when such a kernel refuses an operand, the
+    scan runs to name it and the first NaN. The scan also runs when the
+    output is empty, since the kernels then read nothing.
+    """
+    impl = _backends.get(backend)
+    if not getattr(impl, "refuses_nan", False) or A.shape[1] == 0 or B.shape[2] == 0:
+        _check_values(A, B, fn)
+        return getattr(impl, kernel)(A, B, *args)
+    try:
+        return getattr(impl, kernel)(A, B, *args)
+    except ValueError:
+        _check_values(A, B, fn)
+        raise
+
+
 # --------------------------------------------------------------------------- hard
 @torch.library.custom_op("vico_flow::minmax_mm", mutates_args=())
 def _minmax_mm(A: Tensor, B: Tensor, backend: str, with_argmax: bool) -> tuple[Tensor, Tensor]:
-    _check_values(A, B, "minmax_matmul")
-    return _backends.get(backend).hard_forward(A, B, with_argmax)
+    return _forward(backend, "hard_forward", A, B, "minmax_matmul", with_argmax)
 
 
 @_minmax_mm.register_fake
@@ -90,8 +109,7 @@ _minmax_mm.register_autograd(_minmax_bwd, setup_context=_minmax_setup)
 # --------------------------------------------------------------------------- soft
 @torch.library.custom_op("vico_flow::soft_minmax_mm", mutates_args=())
 def _soft_minmax_mm(A: Tensor, B: Tensor, tau: float, backend: str) -> Tensor:
-    _check_values(A, B, "soft_minmax_matmul")
-    return _backends.get(backend).soft_forward(A, B, tau)
+    return _forward(backend, "soft_forward", A, B, "soft_minmax_matmul", tau)
 
 
 @_soft_minmax_mm.register_fake

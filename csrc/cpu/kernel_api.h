@@ -3,6 +3,7 @@
 // once per ISA). Plain structs of pointers and sizes: no torch types cross it.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 
 #include "transpose.h"
@@ -39,6 +40,10 @@ struct HardArgs {
   T* c;          // contiguous [batch, m, n]
   int32_t* sub;  // nullable; contiguous [batch, m, n]: the kHardSub-deep sub-chunk of the first max
   int64_t batch, m, n, k, mc;
+  // Nullable: set to 1 when an operand holds NaN. The operands are checked as
+  // they are packed (in cache, a vector compare per W values), so the op layer
+  // needs no separate pass over them to refuse NaN.
+  std::atomic<int>* nan_seen = nullptr;
   // Many small products (n below one register tile, k within one chunk, e.g.
   // the per-pixel temporal blocks of a video): a task takes kSmallBatch whole
   // products and skips the cache tiling, whose padding would waste most lanes.

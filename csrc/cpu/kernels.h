@@ -181,6 +181,16 @@ struct Kernels {
     }
   }
 
+  // Sets *p.nan_seen (when given) if any of the n values at x is NaN.
+  static void note_nan(const HardArgs<T>& p, const T* x, int64_t n) {
+    if (!p.nan_seen) return;
+    uint32_t bad = 0;
+    int64_t q = 0;
+    for (; q + W <= n; q += W) bad |= V::nan_mask(V::load(x + q));
+    for (; q < n; ++q) bad |= std::isnan(x[q]) ? 1u : 0u;
+    if (bad) p.nan_seen->store(1, std::memory_order_relaxed);
+  }
+
   // HardArgs::small(): whole products, one output row at a time, W columns per
   // vector. B is gathered into a row-major buffer first (it may be strided).
   static void hard_small(const HardArgs<T>& p, int64_t task) {
@@ -193,6 +203,13 @@ struct Kernels {
       const T* b = p.b + bi * p.b_sb;
       for (int64_t r = 0; r < p.k; ++r)
         for (int64_t j = 0; j < npad; ++j) bbuf[size_t(r * npad + j)] = j < p.n ? b[r * p.b_sr + j * p.b_sj] : neg_inf();
+      note_nan(p, bbuf.data(), p.k * npad);
+      if (p.nan_seen) {
+        bool bad = false;
+        for (int64_t i = 0; i < p.m; ++i)
+          for (int64_t r = 0; r < p.k; ++r) bad |= std::isnan(a[i * p.a_si + r * p.a_sr]);
+        if (bad) p.nan_seen->store(1, std::memory_order_relaxed);
+      }
       // Four rows at a time: four independent max chains hide the latency.
       constexpr int RB = 4;
       for (int64_t i0 = 0; i0 < p.m; i0 += RB) {
@@ -252,6 +269,8 @@ struct Kernels {
       const int64_t kp = tr ? ceil_div(kc, kHardSub) * kHardSub : kc;  // tracking runs whole sub-chunks
       pack_b(p, bi, jc, nc, r0, kc, kp, bbuf.data());
       pack_a(p, bi, ic, mc, r0, kc, kp, abuf.data());
+      note_nan(p, bbuf.data(), nc_pad * kp);
+      note_nan(p, abuf.data(), mc_pad * kp);
       // A strip (MR x kc, a few KB) stays in L1 while the B strips stream from L2.
       for (int64_t si = 0; si < mc; si += MR) {
         const T* ap = abuf.data() + (si / MR) * kp * MR;

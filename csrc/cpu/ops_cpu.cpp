@@ -95,12 +95,22 @@ HardArgs<T> hard_args(const at::Tensor& A, const at::Tensor& B, at::Tensor& C, i
           C.data_ptr<T>(), sub, batch, m, n, k, hard_row_block(batch, m, n)};
 }
 
-// C = A (max,min) B in the compute type.
+// NaN is refused (vico_flow.ops names the operand and where): the kernels
+// note it while they pack the operands.
+void refuse_nan(const std::atomic<int>& nan_seen) {
+  TORCH_CHECK_VALUE(!nan_seen.load(), "vico_flow._C: an operand contains NaN; expected finite values or +-inf");
+}
+
+// C = A (max,min) B in the compute type (`sub`: see hard_args); raises
+// ValueError when an operand holds NaN.
 template <class T>
-void hard_into(const at::Tensor& A, const at::Tensor& B, at::Tensor& C) {
-  const HardArgs<T> p = hard_args<T>(A, B, C, nullptr);
+void hard_into(const at::Tensor& A, const at::Tensor& B, at::Tensor& C, int32_t* sub = nullptr) {
+  std::atomic<int> nan_seen{0};
+  HardArgs<T> p = hard_args<T>(A, B, C, sub);
+  p.nan_seen = &nan_seen;
   const auto& kt = table_for<T>();
   run_tasks(p.num_tasks(), [&](int64_t t) { kt.hard(p, t); });
+  refuse_nan(nan_seen);
 }
 
 // Contiguous [b, n, k] copy of X [b, k, n] (into `out` when given): float
@@ -143,11 +153,8 @@ std::tuple<at::Tensor, at::Tensor> hard_forward(const at::Tensor& A_in, const at
   at::Tensor C = at::empty({batch, m, n}, A.options());
   at::Tensor idx = with_argmax ? at::empty({batch, m, n}, A.options().dtype(at::kInt)) : at::empty({0}, A.options().dtype(at::kInt));
   AT_DISPATCH_FLOATING_TYPES(ct, "vico_flow_hard_forward", [&] {
-    if (!with_argmax) return hard_into<scalar_t>(A, B, C);
-    const HardArgs<scalar_t> p = hard_args<scalar_t>(A, B, C, idx.data_ptr<int32_t>());
-    const auto& kt = table_for<scalar_t>();
-    run_tasks(p.num_tasks(), [&](int64_t t) { kt.hard(p, t); });
-    if (k == 0) return;  // no r to find (and no gradient flows)
+    hard_into<scalar_t>(A, B, C, with_argmax ? idx.data_ptr<int32_t>() : nullptr);
+    if (!with_argmax || k == 0) return;  // no winners wanted, or no r to find
     // The winner search reads B down its columns: a transposed copy pays off
     // once there are enough rows to share it; a few flow rows read B in place.
     const bool copied = m >= 32;
@@ -156,6 +163,7 @@ std::tuple<at::Tensor, at::Tensor> hard_forward(const at::Tensor& A_in, const at
     const ArgmaxArgs<scalar_t> s{Ac.data_ptr<scalar_t>(), Bt.data_ptr<scalar_t>(),
                                 copied ? n * k : B.stride(0), copied ? k : B.stride(2), copied ? 1 : B.stride(1),
                                 C.data_ptr<scalar_t>(), idx.data_ptr<int32_t>(), batch, m, n, k};
+    const auto& kt = table_for<scalar_t>();
     run_tasks(s.num_tasks(), [&](int64_t t) { kt.argmax(s, t); });
   });
   return {C.to(A_in.scalar_type()), idx};

@@ -63,6 +63,8 @@ struct Avx2 {
   static uint32_t eq_mask(reg x, float h) {
     return uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_set1_ps(h), _CMP_EQ_OQ)));
   }
+  // Bit l set where lane l is NaN.
+  static uint32_t nan_mask(reg x) { return uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(x, x, _CMP_UNORD_Q))); }
   // Bit l set where grad_goes_to_a(a[l], b[l]) (the gradient goes to A).
   static uint32_t le_mask(reg a, reg b) { return uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_LE_OQ))); }
   static void merge_max(float* c, reg acc) { _mm256_storeu_ps(c, _mm256_max_ps(_mm256_loadu_ps(c), acc)); }

@@ -52,6 +52,8 @@ struct Avx512 {
   }
   static void store_lanes(float* out, reg v) { _mm512_storeu_ps(out, v); }
   static uint32_t eq_mask(reg x, float h) { return _mm512_cmp_ps_mask(x, _mm512_set1_ps(h), _CMP_EQ_OQ); }
+  // Bit l set where lane l is NaN.
+  static uint32_t nan_mask(reg x) { return _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q); }
   // Bit l set where grad_goes_to_a(a[l], b[l]) (the gradient goes to A).
   static uint32_t le_mask(reg a, reg b) { return _mm512_cmp_ps_mask(a, b, _CMP_LE_OQ); }
   // Pass 2 of the winner search for 16 outputs (Kernels::encode_winners):

@@ -43,6 +43,8 @@ struct Scalar {
   static void store_lanes(T* out, reg v) { out[0] = v; }
   // Bit l set where lane l equals h.
   static uint32_t eq_mask(reg x, T h) { return x == h ? 1u : 0u; }
+  // Bit 0 set where the value is NaN.
+  static uint32_t nan_mask(reg x) { return std::isnan(x) ? 1u : 0u; }
   // Bit 0 set where grad_goes_to_a(a, b) (the gradient goes to A).
   static uint32_t le_mask(reg a, reg b) { return grad_goes_to_a(a, b) ? 1u : 0u; }
   // c = max(c, acc), elementwise over one vector at c.
