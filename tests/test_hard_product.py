@@ -86,12 +86,14 @@ def _grads(A, B, g, backend):
 
 
 @pytest.mark.parametrize("kind", ["uniform", "ties", "inf"])
-def test_gradient_routing_matches_reference(isa, kind):
-    # float64 with small-integer upstream gradients: every sum is exact, so the
-    # routing must agree element for element.
+@pytest.mark.parametrize("dtype,n", [(torch.float64, 53), (torch.float32, 150)])
+def test_gradient_routing_matches_reference(isa, kind, dtype, n):
+    # Small-integer upstream gradients: every sum is exact, so the routing must
+    # agree element for element. float32 runs the vector scatter (n = 150: two
+    # whole 64-column dB tiles, then a tile of one vector and a scalar tail).
     g = torch.Generator().manual_seed(4)
-    A, B = rand(3, 41, 77, dtype=torch.float64, kind=kind, gen=g), rand(77, 53, dtype=torch.float64, kind=kind, gen=g)
-    up = torch.randint(-3, 4, (3, 41, 53)).double()
+    A, B = rand(3, 41, 77, dtype=dtype, kind=kind, gen=g), rand(77, n, dtype=dtype, kind=kind, gen=g)
+    up = torch.randint(-3, 4, (3, 41, n)).to(dtype)
     for backend in ("cpu", "reference"):
         dA, dB = _grads(A, B, up, backend)
         C, idx = reference.minmax_matmul_argmax(A, B)

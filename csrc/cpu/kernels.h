@@ -543,10 +543,24 @@ struct Kernels {
   }
 
   // ------------------------------------------------------------ hard scatter
-  // dA row: out[r] += g[j] for the outputs whose winner is (A, r), W outputs
-  // at a time where the ISA has a vector path (V::kScatter). The sums build up
-  // in a zeroed row buffer in L1 that is copied out whole, so dA needs no
-  // zeroing pass of its own.
+  // Where the ISA compresses W outputs at a time (V::kScatter), a row's
+  // outputs are first listed as (offset, gradient) pairs for the wanted
+  // operand, then added in one loop (see V::compress_to_a).
+  struct ScatterList {
+    std::vector<int32_t> off;
+    std::vector<T> val;
+    void reserve(int64_t n) {
+      off.resize(size_t(n + W));
+      val.resize(size_t(n + W));
+    }
+    void add_to(T* out, int64_t count) const {
+      for (int64_t q = 0; q < count; ++q) out[off[size_t(q)]] += val[size_t(q)];
+    }
+  };
+
+  // dA row: out[r] += g[j] for the outputs whose winner is (A, r). The sums
+  // build up in a zeroed row buffer in L1 that is copied out whole, so dA
+  // needs no zeroing pass of its own.
   static void scatter_a(const ScatterArgs<T>& p, int64_t task) {
     const int32_t* w = p.w + task * p.n;
     const T* g = p.g + task * p.n;
@@ -555,7 +569,11 @@ struct Kernels {
     T* out = row.data();
     int64_t j = 0;
     if constexpr (V::kScatter) {
-      for (; j + W <= p.n; j += W) V::scatter_add_to_a(out, w + j, g + j);
+      thread_local ScatterList list;
+      list.reserve(p.n);
+      int64_t count = 0;
+      for (; j + W <= p.n; j += W) count += V::compress_to_a(w + j, g + j, &list.off[size_t(count)], &list.val[size_t(count)]);
+      list.add_to(out, count);
     }
     for (; j < p.n; ++j)
       if (winner_to_a(w[j])) out[w[j]] += g[j];
@@ -565,19 +583,32 @@ struct Kernels {
   // dB column tile: out[r, j] += g[i, j] for the outputs whose winner is (B, r).
   // The tile's rows lie n apart in dB and would share a few cache sets, so the
   // sums go to a contiguous k x kCols slab first (L2), copied out once; each
-  // row of g and of the winners is read kCols values (whole lines) at a time.
+  // row of g and of the winners is read kCols values (whole lines) at a time,
+  // and fetched kRowsAhead rows ahead: each row is on another page, where no
+  // hardware prefetcher follows.
   static void scatter_b(const ScatterArgs<T>& p, int64_t task) {
-    constexpr int64_t C = ScatterArgs<T>::kCols;
+    constexpr int64_t C = ScatterArgs<T>::kCols, kRowsAhead = 8;
     const int64_t tiles = ceil_div(p.n, C);
     const int64_t bi = task / tiles, j0 = (task % tiles) * C, j1 = std::min(p.n, j0 + C);
     thread_local std::vector<T> slab;
     slab.assign(size_t(p.k * C), T(0));
+    thread_local ScatterList list;
+    list.reserve(C);
     for (int64_t i = 0; i < p.m; ++i) {
       const int32_t* w = p.w + (bi * p.m + i) * p.n;
       const T* g = p.g + (bi * p.m + i) * p.n;
+      if (i + kRowsAhead < p.m) {
+        for (int64_t q = j0; q < j1; q += 64 / int64_t(sizeof(int32_t)))
+          __builtin_prefetch(w + kRowsAhead * p.n + q);
+        for (int64_t q = j0; q < j1; q += 64 / int64_t(sizeof(T))) __builtin_prefetch(g + kRowsAhead * p.n + q);
+      }
       int64_t j = j0;
       if constexpr (V::kScatter) {
-        for (; j + W <= j1; j += W) V::scatter_add_to_b(slab.data() + (j - j0), w + j, g + j, C);
+        int64_t count = 0;
+        for (; j + W <= j1; j += W)
+          count += V::compress_to_b(w + j, g + j, int32_t(C), int32_t(j - j0), &list.off[size_t(count)],
+                                    &list.val[size_t(count)]);
+        list.add_to(slab.data(), count);
       }
       for (; j < j1; ++j)
         if (!winner_to_a(w[j])) slab[size_t(winner_index(w[j]) * C + (j - j0))] += g[j];

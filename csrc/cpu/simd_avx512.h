@@ -21,7 +21,7 @@ struct Avx512 {
   static constexpr int hard_nv = 4;
   static constexpr int soft_nv = 4;
   static constexpr bool kTranspose16 = true;  // transpose16 below
-  static constexpr bool kScatter = true;  // gradient scatter: compressed lanes (scatter_add_to_a/b)
+  static constexpr bool kScatter = true;  // gradient scatter: compressed lists (compress_to_a/b)
   static constexpr bool kEncodeWinners = true;  // winner search pass 2: encode_winners below
 
   static __mmask16 tail_mask(int n) { return n >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n < 0 ? 0 : n)) - 1u); }
@@ -72,31 +72,32 @@ struct Avx512 {
     _mm512_storeu_si512(idx, _mm512_mask_xor_epi32(r, to_b, r, _mm512_set1_epi32(-1)));  // ~r: to B
   }
   // Scatter of the hard gradient, W outputs at a time: the lanes whose winner
-  // goes to the wanted operand are compressed to the front (vpcompressd) and
-  // added one by one. Gather/scatter instructions are microcoded and slow on
-  // some cores (AMD Zen 4), and sequential adds need no conflict handling.
-  // out[w[l]] += g[l] where the winner goes to A (w >= 0).
-  static void scatter_add_to_a(float* out, const int32_t* w, const float* g) {
+  // goes to the wanted operand are compressed (vpcompressd, in registers) and
+  // stored whole at the end of a list of (offset, value) pairs, which the
+  // kernel then adds one by one. Gather/scatter instructions are microcoded and
+  // slow on some cores (AMD Zen 4); sequential adds need no conflict handling;
+  // and adding from a list written earlier (not from the vector just stored)
+  // avoids both a store-forwarding stall and a mispredicted loop per vector.
+  // Appends (w[l], g[l]) where the winner goes to A (w >= 0); room for 16.
+  static int compress_to_a(const int32_t* w, const float* g, int32_t* off, float* val) {
     const __m512i wv = _mm512_loadu_si512(w);
     const __mmask16 to_a = _mm512_cmpge_epi32_mask(wv, _mm512_setzero_si512());
-    add_compressed(out, to_a, wv, _mm512_loadu_ps(g));
+    return store_compressed(to_a, wv, _mm512_loadu_ps(g), off, val);
   }
-  // out[~w[l] * stride + l] += g[l] where the winner goes to B (w < 0).
-  static void scatter_add_to_b(float* out, const int32_t* w, const float* g, int64_t stride) {
+  // Appends (~w[l] * stride + lane0 + l, g[l]) where the winner goes to B (w < 0).
+  static int compress_to_b(const int32_t* w, const float* g, int32_t stride, int32_t lane0, int32_t* off, float* val) {
     const __m512i wv = _mm512_loadu_si512(w);
     const __mmask16 to_b = _mm512_cmplt_epi32_mask(wv, _mm512_setzero_si512());
     const __m512i r = _mm512_xor_si512(wv, _mm512_set1_epi32(-1));  // ~w
-    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const __m512i off = _mm512_add_epi32(_mm512_mullo_epi32(r, _mm512_set1_epi32(int32_t(stride))), lane);
-    add_compressed(out, to_b, off, _mm512_loadu_ps(g));
+    const __m512i lane = _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                          _mm512_set1_epi32(lane0));
+    const __m512i o = _mm512_add_epi32(_mm512_mullo_epi32(r, _mm512_set1_epi32(stride)), lane);
+    return store_compressed(to_b, o, _mm512_loadu_ps(g), off, val);
   }
-  static void add_compressed(float* out, __mmask16 keep, __m512i off, __m512 g) {
-    alignas(64) int32_t oa[16];
-    alignas(64) float ga[16];
-    _mm512_store_si512(oa, _mm512_maskz_compress_epi32(keep, off));
-    _mm512_store_ps(ga, _mm512_maskz_compress_ps(keep, g));
-    const int cnt = __builtin_popcount(unsigned(keep));
-    for (int t = 0; t < cnt; ++t) out[oa[t]] += ga[t];
+  static int store_compressed(__mmask16 keep, __m512i off, __m512 g, int32_t* off_out, float* val_out) {
+    _mm512_storeu_si512(off_out, _mm512_maskz_compress_epi32(keep, off));
+    _mm512_storeu_ps(val_out, _mm512_maskz_compress_ps(keep, g));
+    return __builtin_popcount(unsigned(keep));
   }
   // dst[j * ld + i] = src[i * ls + j] for a 16x16 block: unpacks, then
   // in-lane and cross-lane shuffles (4 stages of 16 instructions).
