@@ -24,14 +24,17 @@ def check_exact(A, B, backend="cpu"):
     assert torch.equal(vico_flow.minmax_matmul(A, B, backend=backend), C_ref)
 
 
-@given(m=dims, k=dims, n=dims, kind=st.sampled_from(["uniform", "ties", "inf"]), seed=st.integers(0, 2**16))
+KINDS = ["uniform", "ties", "inf", "wide", "signed", "negative"]
+
+
+@given(m=dims, k=dims, n=dims, kind=st.sampled_from(KINDS), seed=st.integers(0, 2**16))
 def test_random_shapes_bit_identical(isa, m, k, n, kind, seed):
     g = torch.Generator().manual_seed(seed)
     check_exact(rand(m, k, kind=kind, gen=g), rand(k, n, kind=kind, gen=g))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kind", ["uniform", "ties", "inf"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_dtypes(isa, dtype, kind):
     g = torch.Generator().manual_seed(1)
     check_exact(rand(2, 37, 70, dtype=dtype, kind=kind, gen=g), rand(2, 70, 45, dtype=dtype, kind=kind, gen=g))
@@ -85,7 +88,7 @@ def _grads(A, B, g, backend):
     return A.grad, B.grad
 
 
-@pytest.mark.parametrize("kind", ["uniform", "ties", "inf"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype,n", [(torch.float64, 53), (torch.float32, 150)])
 def test_gradient_routing_matches_reference(isa, kind, dtype, n):
     # Small-integer upstream gradients: every sum is exact, so the routing must
@@ -140,12 +143,40 @@ def test_ties_across_sub_chunks_and_chunks(isa, m):
 
 
 @pytest.mark.parametrize("m,k,n", [(33, 257, 70), (50, 300, 301), (40, 513, 64), (64, 700, 129)])
-@pytest.mark.parametrize("kind", ["uniform", "ties", "inf"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_deep_products_bit_identical(isa, m, k, n, kind):
     # Several depth chunks, a ragged last sub-chunk, and enough rows for the
     # winner search to go through the transposed copy of B.
     g = torch.Generator().manual_seed(k + n)
     check_exact(rand(m, k, kind=kind, gen=g), rand(k, n, kind=kind, gen=g))
+
+
+@pytest.mark.parametrize("with_argmax", [False, True])
+def test_blocks_on_both_instruction_paths(isa, with_argmax):
+    # Each cache block of the CPU kernel picks its min instruction from what
+    # its packed operands hold: the integer min on the bits for values >= +0
+    # or -inf, the float min otherwise (a negative value, -0.0). Here the
+    # blocks behind one output differ, and the min of two negatives decides:
+    # A has a negative row block (rows >= 300), B a negative depth chunk
+    # (rows 256..511) that holds the max of columns < 100 (the other chunks
+    # are -10 there), and a -0.0 in the last chunk.
+    g = torch.Generator().manual_seed(7)
+    m, k, n = 400, 700, 300
+    A, B = rand(m, k, kind="ties", gen=g), rand(k, n, kind="ties", gen=g)
+    A[300:] -= 3.0
+    B[256:512] -= 5.0
+    B[:256, :100] = -10.0
+    B[512:, :100] = -10.0
+    B[650, 280] = -0.0  # below -inf as an integer: its block must take the float min
+    A[5] = -math.inf  # ... which keeps C[5, 280] = min(-inf, -0.0) = -inf
+    if with_argmax:
+        check_exact(A, B)
+    else:
+        assert torch.equal(vico_flow.minmax_matmul(A, B, backend="cpu"), reference.minmax_matmul(A, B))
+    # the same values shifted so that every block is on the integer path: same winners
+    C, idx = vico_flow.minmax_matmul_with_argmax(A + 3.0, B + 3.0)
+    C_ref, idx_ref = reference.minmax_matmul_argmax(A + 3.0, B + 3.0)
+    assert torch.equal(C, C_ref) and torch.equal(idx.long(), idx_ref)
 
 
 def test_half_precision_grads_match_reference(isa):

@@ -79,28 +79,37 @@ struct Kernels {
 
   // acc[i][v] = max(acc, max over r in [r0, r1) of min(ap[r][i], bp[r][v]))
   // for the first R rows of the A strip at ap (a strip row holds MR values).
-  template <int R>
+  // kBits: the min on the operands' bits as integers (V::bits_min), exact
+  // when every operand is >= +0 or -inf (see scan_packed); it runs on the
+  // integer units, in parallel with the float max.
+  template <int R, bool kBits>
   static inline void steps(const T* ap, const T* bp, int64_t r0, int64_t r1, reg (&acc)[R][V::hard_nv]) {
     for (int64_t r = r0; r < r1; ++r) {
       reg bv[V::hard_nv];
 #pragma GCC unroll 8
-      for (int v = 0; v < V::hard_nv; ++v) bv[v] = V::load(bp + r * NR + v * W);
+      for (int v = 0; v < V::hard_nv; ++v) bv[v] = V::in_register(V::load(bp + r * NR + v * W));
 #pragma GCC unroll 8
       for (int i = 0; i < R; ++i) {
         const reg av = V::set1(ap[r * MR + i]);
 #pragma GCC unroll 8
-        for (int v = 0; v < V::hard_nv; ++v) acc[i][v] = V::max(acc[i][v], V::min(av, bv[v]));
+        for (int v = 0; v < V::hard_nv; ++v) {
+          if constexpr (kBits)
+            acc[i][v] = V::max(acc[i][v], V::bits_min(av, bv[v]));
+          else
+            acc[i][v] = V::max(acc[i][v], V::min(av, bv[v]));
+        }
       }
     }
   }
 
   // The register tile: acc[i][v] = max_r min(ap[r][i], bp[r][v]) over kc.
+  template <bool kBits>
   static inline void micro(const T* ap, const T* bp, int64_t kc, reg (&acc)[MR][V::hard_nv]) {
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 8
       for (int v = 0; v < V::hard_nv; ++v) acc[i][v] = V::set1(neg_inf());
-    steps<MR>(ap, bp, 0, kc, acc);
+    steps<MR, kBits>(ap, bp, 0, kc, acc);
   }
 
   // The same tile with the argmax tracking: tr->ids = the global sub-chunk
@@ -108,18 +117,21 @@ struct Kernels {
   // grows strictly for the last time in that sub-chunk, so comparing the
   // accumulators with a copy taken before each sub-chunk finds it without
   // touching the per-triple arithmetic. The copy must stay in registers (a
-  // burst of stores per sub-chunk would fill the store queue), so the tile is
-  // computed as two halves of MR/2 rows over the same B strip. kc is a whole
-  // number of sub-chunks (the packing pads the depth with -inf).
+  // burst of stores per sub-chunk would fill the store queue), and so must
+  // the B vectors (as memory operands, three times the loads of the plain
+  // tile): the tile is computed in parts of V::hard_tracked_rows rows over the
+  // same B strip. kc is a whole number of sub-chunks (the packing pads the
+  // depth with -inf).
+  template <bool kBits>
   static inline void micro_tracked(const T* ap, const T* bp, int64_t kc, reg (&out)[MR][V::hard_nv], Track* tr,
                                    int32_t sub0) {
-    static_assert(MR % 2 == 0, "the tracked tile runs two halves");
-    constexpr int H = MR / 2;
+    constexpr int H = V::hard_tracked_rows;
+    static_assert(MR % H == 0, "the tracked tile runs in parts of whole rows");
     std::fill(tr->ids, tr->ids + MR * NR, sub0);  // where the max stays -inf, the first r holds it
-#pragma GCC unroll 2
-    for (int half = 0; half < 2; ++half) {
-      const T* aph = ap + half * H;
-      int32_t* ids = tr->ids + half * H * NR;
+#pragma GCC unroll 4
+    for (int part = 0; part < MR / H; ++part) {
+      const T* aph = ap + part * H;
+      int32_t* ids = tr->ids + part * H * NR;
       reg acc[H][V::hard_nv];
 #pragma GCC unroll 8
       for (int i = 0; i < H; ++i)
@@ -131,7 +143,7 @@ struct Kernels {
         for (int i = 0; i < H; ++i)
 #pragma GCC unroll 8
           for (int v = 0; v < V::hard_nv; ++v) before[i][v] = acc[i][v];
-        steps<H>(aph, bp, r0, r0 + kHardSub, acc);
+        steps<H, kBits>(aph, bp, r0, r0 + kHardSub, acc);
         const int32_t sub = sub0 + int32_t(r0 / kHardSub);
 #pragma GCC unroll 8
         for (int i = 0; i < H; ++i)
@@ -141,7 +153,7 @@ struct Kernels {
 #pragma GCC unroll 8
       for (int i = 0; i < H; ++i)
 #pragma GCC unroll 8
-        for (int v = 0; v < V::hard_nv; ++v) out[half * H + i][v] = acc[i][v];
+        for (int v = 0; v < V::hard_nv; ++v) out[part * H + i][v] = acc[i][v];
     }
   }
 
@@ -189,6 +201,31 @@ struct Kernels {
     for (; q + W <= n; q += W) bad |= V::nan_mask(V::load(x + q));
     for (; q < n; ++q) bad |= std::isnan(x[q]) ? 1u : 0u;
     if (bad) p.nan_seen->store(1, std::memory_order_relaxed);
+  }
+
+  // A packed block of n values: notes NaN (note_nan) and tells whether the
+  // block may use V::bits_min, i.e. whether every value is >= +0 or -inf (the
+  // capacities of an attention graph: weights, and -inf for "no edge"). There
+  // the order of the bits as signed integers is the order of the values.
+  static bool scan_packed(const HardArgs<T>& p, const T* x, int64_t n) {
+    if constexpr (!V::kBitsMin) {
+      note_nan(p, x, n);
+      return false;
+    } else {
+      uint32_t bad = 0, outside = 0;
+      int64_t q = 0;
+      for (; q + W <= n; q += W) {
+        const reg v = V::load(x + q);
+        bad |= V::nan_mask(v);
+        outside |= V::outside_bits_domain_mask(v);
+      }
+      for (; q < n; ++q) {
+        bad |= std::isnan(x[q]) ? 1u : 0u;
+        outside |= (std::signbit(x[q]) && x[q] != neg_inf()) ? 1u : 0u;
+      }
+      if (bad && p.nan_seen) p.nan_seen->store(1, std::memory_order_relaxed);
+      return !outside && !bad;
+    }
   }
 
   // HardArgs::small(): whole products, one output row at a time, W columns per
@@ -269,17 +306,25 @@ struct Kernels {
       const int64_t kp = tr ? ceil_div(kc, kHardSub) * kHardSub : kc;  // tracking runs whole sub-chunks
       pack_b(p, bi, jc, nc, r0, kc, kp, bbuf.data());
       pack_a(p, bi, ic, mc, r0, kc, kp, abuf.data());
-      note_nan(p, bbuf.data(), nc_pad * kp);
-      note_nan(p, abuf.data(), mc_pad * kp);
+      // Both blocks are scanned (each scan notes NaN), then the ops they allow are picked.
+      const bool b_bits = scan_packed(p, bbuf.data(), nc_pad * kp);
+      const bool a_bits = scan_packed(p, abuf.data(), mc_pad * kp);
+      const bool bits = b_bits && a_bits;
       // A strip (MR x kc, a few KB) stays in L1 while the B strips stream from L2.
       for (int64_t si = 0; si < mc; si += MR) {
         const T* ap = abuf.data() + (si / MR) * kp * MR;
         for (int64_t t = 0; t < nc; t += NR) {
           reg acc[MR][V::hard_nv];
-          if (tr)
-            micro_tracked(ap, bbuf.data() + (t / NR) * kp * NR, kp, acc, tr, int32_t(r0 / kHardSub));
+          const T* bp = bbuf.data() + (t / NR) * kp * NR;
+          const int32_t sub0 = int32_t(r0 / kHardSub);
+          if (tr && bits)
+            micro_tracked<true>(ap, bp, kp, acc, tr, sub0);
+          else if (tr)
+            micro_tracked<false>(ap, bp, kp, acc, tr, sub0);
+          else if (bits)
+            micro<true>(ap, bp, kp, acc);
           else
-            micro(ap, bbuf.data() + (t / NR) * kp * NR, kp, acc);
+            micro<false>(ap, bp, kp, acc);
           store_tile(p, acc, tr, bi, ic + si, jc + t, int(std::min<int64_t>(MR, mc - si)),
                      int(std::min<int64_t>(NR, nc - t)), r0 == 0);
         }

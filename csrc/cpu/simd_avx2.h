@@ -19,6 +19,7 @@ struct Avx2 {
   // 6 rows x 2 vectors (12 accumulators + 2 B vectors + broadcasts).
   static constexpr int hard_mr = 6;
   static constexpr int hard_nv = 2;
+  static constexpr int hard_tracked_rows = 3;  // rows per part of the tracked tile: 3 rows: 6 accumulators, their 6 copies, 2 B vectors
   static constexpr bool kTranspose16 = false;  // transposes through a tile
   static constexpr bool kScatter = false;  // gradient scatter: scalar loops
   static constexpr bool kEncodeWinners = false;  // winner search pass 2: scalar loop
@@ -35,6 +36,11 @@ struct Avx2 {
   }
   static void store(float* p, reg v) { _mm256_storeu_ps(p, v); }
   static void store_partial(float* p, reg v, int n) { _mm256_maskstore_ps(p, tail_mask(n), v); }
+  // x, kept in a register (see simd_avx512.h).
+  static reg in_register(reg x) {
+    asm("" : "+x"(x));
+    return x;
+  }
   static reg set1(float x) { return _mm256_set1_ps(x); }
   static reg zero() { return _mm256_setzero_ps(); }
   // vminps/vmaxps return the second operand on ties and NaN; ties give equal
@@ -42,6 +48,19 @@ struct Avx2 {
   // (up to the sign of zero, which compares equal).
   static reg min(reg a, reg b) { return _mm256_min_ps(a, b); }
   static reg max(reg a, reg b) { return _mm256_max_ps(a, b); }
+  // min of the bits as signed integers: the float min where both operands are
+  // >= +0 or -inf (see simd_avx512.h).
+  static constexpr bool kBitsMin = true;
+  static reg bits_min(reg a, reg b) {
+    return _mm256_castsi256_ps(_mm256_min_epi32(_mm256_castps_si256(a), _mm256_castps_si256(b)));
+  }
+  // Bit l set where lane l is outside that domain: sign bit set, not -inf.
+  static uint32_t outside_bits_domain_mask(reg x) {
+    const __m256i b = _mm256_castps_si256(x);
+    const __m256i out = _mm256_andnot_si256(_mm256_cmpeq_epi32(b, _mm256_set1_epi32(int32_t(0xFF800000u))),
+                                            _mm256_cmpgt_epi32(_mm256_setzero_si256(), b));
+    return uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(out)));
+  }
   static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
   static reg sub(reg a, reg b) { return _mm256_sub_ps(a, b); }
   static reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }

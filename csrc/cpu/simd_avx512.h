@@ -19,6 +19,7 @@ struct Avx512 {
   // each A value is a broadcast memory operand.
   static constexpr int hard_mr = 6;
   static constexpr int hard_nv = 4;
+  static constexpr int hard_tracked_rows = 2;  // rows per part of the tracked tile: 2 rows: 8 accumulators, their 8 copies, 4 B vectors
   static constexpr int soft_nv = 4;
   static constexpr bool kTranspose16 = true;  // transpose16 below
   static constexpr bool kScatter = true;  // gradient scatter: compressed lists (compress_to_a/b)
@@ -31,10 +32,30 @@ struct Avx512 {
   }
   static void store(float* p, reg v) { _mm512_storeu_ps(p, v); }
   static void store_partial(float* p, reg v, int n) { _mm512_mask_storeu_ps(p, tail_mask(n), v); }
+  // x, kept in a register: the compiler would otherwise fold a B vector used
+  // by a few rows into each of their instructions as a memory operand, and the
+  // loads, not the arithmetic, would bound the tile.
+  static reg in_register(reg x) {
+    asm("" : "+v"(x));
+    return x;
+  }
   static reg set1(float x) { return _mm512_set1_ps(x); }
   static reg zero() { return _mm512_setzero_ps(); }
   static reg min(reg a, reg b) { return _mm512_min_ps(a, b); }
   static reg max(reg a, reg b) { return _mm512_max_ps(a, b); }
+  // min of the bits as signed integers: the float min where both operands are
+  // >= +0 or -inf (Kernels::scan_packed checks). vpminsd runs on the integer
+  // vector units, beside the float max of the same step.
+  static constexpr bool kBitsMin = true;
+  static reg bits_min(reg a, reg b) {
+    return _mm512_castsi512_ps(_mm512_min_epi32(_mm512_castps_si512(a), _mm512_castps_si512(b)));
+  }
+  // Bit l set where lane l is outside that domain: sign bit set, not -inf.
+  static uint32_t outside_bits_domain_mask(reg x) {
+    const __m512i b = _mm512_castps_si512(x);
+    return _mm512_cmplt_epi32_mask(b, _mm512_setzero_si512()) &
+           _mm512_cmpneq_epi32_mask(b, _mm512_set1_epi32(int32_t(0xFF800000u)));
+  }
   static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
   static reg sub(reg a, reg b) { return _mm512_sub_ps(a, b); }
   static reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }

@@ -17,6 +17,7 @@ struct Scalar {
   static constexpr int width = 1;
   static constexpr int hard_mr = 4;  // register tile: 4 rows x 4 columns
   static constexpr int hard_nv = 4;
+  static constexpr int hard_tracked_rows = 2;  // rows per part of the tracked tile: any split works
   static constexpr bool kTranspose16 = false;  // transposes through a tile
   static constexpr bool kScatter = false;  // gradient scatter: scalar loops
   static constexpr bool kEncodeWinners = false;  // winner search pass 2: scalar loop
@@ -28,10 +29,13 @@ struct Scalar {
   static void store_partial(T* p, reg v, int n) {
     if (n > 0) *p = v;
   }
+  static reg in_register(reg x) { return x; }
   static reg set1(T x) { return x; }
   static reg zero() { return T(0); }
   static reg min(reg a, reg b) { return tmin(a, b); }
   static reg max(reg a, reg b) { return tmax(a, b); }
+  static constexpr bool kBitsMin = false;  // no integer min on the bits: the float one only
+  static reg bits_min(reg a, reg b) { return tmin(a, b); }
   static reg add(reg a, reg b) { return a + b; }
   static reg sub(reg a, reg b) { return a - b; }
   static reg mul(reg a, reg b) { return a * b; }
