@@ -19,7 +19,7 @@ struct Avx2 {
   // 6 rows x 2 vectors (12 accumulators + 2 B vectors + broadcasts).
   static constexpr int hard_mr = 6;
   static constexpr int hard_nv = 2;
-  static constexpr int hard_tracked_rows = 3;  // rows per part of the tracked tile: 3 rows: 6 accumulators, their 6 copies, 2 B vectors
+  static constexpr int hard_tracked_rows = 3;  // rows per part of the tracked tile: 6 accumulators, their 6 copies, 2 B vectors
   static constexpr bool kTranspose16 = false;  // transposes through a tile
   static constexpr bool kScatter = false;  // gradient scatter: scalar loops
   static constexpr bool kEncodeWinners = false;  // winner search pass 2: scalar loop

@@ -19,7 +19,7 @@ struct Avx512 {
   // each A value is a broadcast memory operand.
   static constexpr int hard_mr = 6;
   static constexpr int hard_nv = 4;
-  static constexpr int hard_tracked_rows = 2;  // rows per part of the tracked tile: 2 rows: 8 accumulators, their 8 copies, 4 B vectors
+  static constexpr int hard_tracked_rows = 3;  // rows per part of the tracked tile: 12 accumulators, their 12 copies, 4 B vectors
   static constexpr int soft_nv = 4;
   static constexpr bool kTranspose16 = true;  // transpose16 below
   static constexpr bool kScatter = true;  // gradient scatter: compressed lists (compress_to_a/b)
