@@ -251,7 +251,7 @@ at::Tensor soft_forward(const at::Tensor& A_in, const at::Tensor& B_in, double t
       SoftFwdArgs<scalar_t> p{As.data_ptr<scalar_t>(), Bs.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(), batch, m, n, k,
                               scalar_t(s), scalar_t(tau), scalar_t(soft_cutoff(k))};
       const auto& kt = table_for<scalar_t>();
-      run_tasks(p.num_tasks(), [&](int64_t t) { kt.soft_fwd(p, t); });
+      run_tasks_dynamic(p.num_tasks(), [&](int64_t t) { kt.soft_fwd(p, t); });
     }
   });
   return C.to(A_in.scalar_type());
@@ -294,7 +294,7 @@ void soft_grad_rhs(const at::Tensor& At, const at::Tensor& B, const at::Tensor& 
                     out.data_ptr<T>(), out.stride(0), out.stride(1), out.stride(2),
                     batch, m, n, k, T(s), T(soft_cutoff(k > m ? k : m))};
   const auto& kt = table_for<T>();
-  run_tasks(p.num_tasks(), [&](int64_t t) { kt.soft_grad(p, t); });
+  run_tasks_dynamic(p.num_tasks(), [&](int64_t t) { kt.soft_grad(p, t); });
 }
 
 }  // namespace
