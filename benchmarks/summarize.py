@@ -25,11 +25,16 @@ def products(g) -> list[str]:
         if "reference" in g[f"{shape} hard fwd"]:
             ref = f"{t('hard fwd', 'reference') / t('hard fwd'):.0f}x, {t('soft fwd', 'reference') / t('soft fwd'):.0f}x"
         mem = [g[f"{shape} {p} fwd+bwd"]["kernel"][1].get("peak_extra_mb") for p in ("hard", "soft")]
-        mem_s = ", ".join(f"{m:.0f}" for m in mem) if None not in mem else "-"
+        # (a peak within half a MB of what must be created prints as 0, not -0)
+        mem_s = ", ".join(f"{m if abs(m) >= 0.5 else 0.0:.0f}" for m in mem) if None not in mem else "-"
         rows.append(
             f"| {shape} | {t('hard fwd') / t('hard fwd', 'torch.matmul'):.2f} | {t('hard fwd+bwd') / t('hard fwd'):.2f} | "
             f"{t('soft fwd') / t('soft fwd', 'torch.matmul'):.1f} | {t('soft fwd+bwd') / t('soft fwd') - 1:.2f} | {ref} | {mem_s} |"
         )
+    alternating = [f"{shape}: {g[name]['kernel'][1]['derived']}" for shape in ("1024^3", "2048^3")
+                   if (name := f"{shape} hard fwd, fwd+bwd alternating") in g]
+    if alternating:
+        rows += ["", "Hard fwd+bwd / fwd with the two phases alternating round by round: " + "; ".join(alternating) + "."]
     return rows
 
 
