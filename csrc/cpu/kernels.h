@@ -447,8 +447,10 @@ struct Kernels {
   static void soft_fwd(const SoftFwdArgs<T>& p, int64_t task) {
     constexpr int NV = V::soft_nv;
     constexpr int G = NV * W;
+    // Consecutive tasks take consecutive rows of the same column tile, so that
+    // the tile of B (k x kSoftJT values) stays in cache between them.
     const int64_t tiles_n = ceil_div(p.n, kSoftJT), tiles_m = ceil_div(p.m, kSoftRowsPerTask);
-    const int64_t jt = task % tiles_n, it = (task / tiles_n) % tiles_m, bi = task / (tiles_n * tiles_m);
+    const int64_t it = task % tiles_m, jt = (task / tiles_m) % tiles_n, bi = task / (tiles_n * tiles_m);
     const int64_t j_begin = jt * kSoftJT, j_end = std::min(p.n, j_begin + kSoftJT);
     const int64_t i_end = std::min(p.m, (it + 1) * kSoftRowsPerTask);
     thread_local std::vector<int32_t> active;
@@ -517,8 +519,10 @@ struct Kernels {
   static void soft_grad(const SoftGradArgs<T>& p, int64_t task) {
     constexpr int NV = V::soft_nv;
     constexpr int G = NV * W;
+    // Consecutive tasks take consecutive rows of the same column tile, so that
+    // the tiles of C and g (m x kSoftJT values each) stay in cache between them.
     const int64_t tiles_n = ceil_div(p.n, kSoftJT), tiles_k = ceil_div(p.k, kSoftRowsPerTask);
-    const int64_t jt = task % tiles_n, rt = (task / tiles_n) % tiles_k, bi = task / (tiles_n * tiles_k);
+    const int64_t rt = task % tiles_k, jt = (task / tiles_k) % tiles_n, bi = task / (tiles_n * tiles_k);
     const int64_t j_begin = jt * kSoftJT, j_end = std::min(p.n, j_begin + kSoftJT);
     const int64_t r_end = std::min(p.k, (rt + 1) * kSoftRowsPerTask);
     thread_local std::vector<int32_t> active;
