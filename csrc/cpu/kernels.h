@@ -118,10 +118,10 @@ struct Kernels {
   // accumulators with a copy taken before each sub-chunk finds it without
   // touching the per-triple arithmetic. The copy must stay in registers (a
   // burst of stores per sub-chunk would fill the store queue), and so must
-  // the B vectors (as memory operands, three times the loads of the plain
-  // tile): the tile is computed in parts of V::hard_tracked_rows rows over the
-  // same B strip. kc is a whole number of sub-chunks (the packing pads the
-  // depth with -inf).
+  // the B vectors (V::in_register: as memory operands of every instruction
+  // the loads, not the arithmetic, bound the tile). So the tile is computed in
+  // parts of V::hard_tracked_rows rows over the same B strip. kc is a whole
+  // number of sub-chunks (the packing pads the depth with -inf).
   template <bool kBits>
   static inline void micro_tracked(const T* ap, const T* bp, int64_t kc, reg (&out)[MR][V::hard_nv], Track* tr,
                                    int32_t sub0) {
