@@ -73,8 +73,8 @@ struct ArgmaxArgs {
 
 template <class T>
 struct SoftFwdArgs {
-  const T* as;  // contiguous [batch, m, k], A * s with s = log2(e)/tau
-  const T* bs;  // contiguous [batch, k, n], B * s
+  const T* a;   // contiguous [batch, m, k], A unscaled: the kernel multiplies by scale as it reads (no copy)
+  const T* bs;  // contiguous [batch, k, n], B * s with s = log2(e)/tau (read in vectors: scaled once)
   T* c;         // contiguous [batch, m, n]: in the hard product H, out the soft one
   int64_t batch, m, n, k;
   T scale, tau, cut;

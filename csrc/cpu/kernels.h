@@ -458,7 +458,7 @@ struct Kernels {
     const T* bs = p.bs + bi * p.k * p.n;
     for (int64_t i = it * kSoftRowsPerTask; i < i_end; ++i) {
       T* c = p.c + (bi * p.m + i) * p.n;
-      const T* as = p.as + (bi * p.m + i) * p.k;
+      const T* arow = p.a + (bi * p.m + i) * p.k;
       T hmin = pos_inf();
       for (int64_t j = j_begin; j < j_end; ++j)
         if (std::isfinite(c[j])) hmin = std::min(hmin, c[j]);
@@ -467,7 +467,7 @@ struct Kernels {
       int64_t na = 0;
       for (int64_t r = 0; r < p.k; ++r) {
         active[size_t(na)] = int32_t(r);
-        na += (as[r] >= thr);
+        na += (arow[r] * p.scale >= thr);
       }
       for (int64_t j0 = j_begin; j0 < j_end; j0 += G) {
         const int cols = int(std::min<int64_t>(G, j_end - j0));
@@ -480,7 +480,7 @@ struct Kernels {
         if (cols == G) {
           for (int64_t q = 0; q < na; ++q) {
             const int64_t r = active[size_t(q)];
-            const reg av = V::set1(as[r]);
+            const reg av = V::set1(arow[r] * p.scale);
             const T* brow = bs + r * p.n + j0;
 #pragma GCC unroll 8
             for (int v = 0; v < NV; ++v) {
@@ -492,7 +492,7 @@ struct Kernels {
           const int nv = int(ceil_div(cols, W));  // vectors that hold columns
           for (int64_t q = 0; q < na; ++q) {
             const int64_t r = active[size_t(q)];
-            const reg av = V::set1(as[r]);
+            const reg av = V::set1(arow[r] * p.scale);
             const T* brow = bs + r * p.n + j0;
             for (int v = 0; v < nv; ++v) {
               const reg bv = V::load_partial(brow + v * W, cols - v * W, T(0));

@@ -247,8 +247,8 @@ at::Tensor soft_forward(const at::Tensor& A_in, const at::Tensor& B_in, double t
     hard_into<scalar_t>(A, B, C);  // the shift H
     if (k > 0) {
       const double s = kLog2e / tau;
-      const at::Tensor As = (A * s).contiguous(), Bs = (B * s).contiguous();
-      SoftFwdArgs<scalar_t> p{As.data_ptr<scalar_t>(), Bs.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(), batch, m, n, k,
+      const at::Tensor Ac = A.contiguous(), Bs = (B * s).contiguous();
+      SoftFwdArgs<scalar_t> p{Ac.data_ptr<scalar_t>(), Bs.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(), batch, m, n, k,
                               scalar_t(s), scalar_t(tau), scalar_t(soft_cutoff(k))};
       const auto& kt = table_for<scalar_t>();
       run_tasks_dynamic(p.num_tasks(), [&](int64_t t) { kt.soft_fwd(p, t); });
@@ -348,7 +348,7 @@ namespace {
 template <class T>
 void chain_block(const T* f, T* out, const std::vector<at::Tensor>& Ws, int64_t bi, int64_t K, int64_t n, bool soft,
                  double tau) {
-  thread_local std::vector<T> cur, nxt, w, as, ws;
+  thread_local std::vector<T> cur, nxt, w, ws;
   cur.assign(f, f + K * n);
   nxt.resize(size_t(K * n));
   w.resize(size_t(n * n));
@@ -361,11 +361,9 @@ void chain_block(const T* f, T* out, const std::vector<at::Tensor>& Ws, int64_t 
     HardArgs<T> hp{cur.data(), K * n, n, 1, w.data(), n * n, n, 1, nxt.data(), nullptr, 1, K, n, n, kHardMC};
     for (int64_t t = 0; t < hp.num_tasks(); ++t) kt.hard(hp, t);
     if (soft && n > 0) {
-      as.resize(size_t(K * n));
       ws.resize(size_t(n * n));
-      for (int64_t i = 0; i < K * n; ++i) as[size_t(i)] = T(cur[size_t(i)] * s);
-      for (int64_t i = 0; i < n * n; ++i) ws[size_t(i)] = T(w[size_t(i)] * s);
-      SoftFwdArgs<T> sp{as.data(), ws.data(), nxt.data(), 1, K, n, n, T(s), T(tau), T(soft_cutoff(n))};
+      for (int64_t i = 0; i < n * n; ++i) ws[size_t(i)] = T(w[size_t(i)] * T(s));
+      SoftFwdArgs<T> sp{cur.data(), ws.data(), nxt.data(), 1, K, n, n, T(s), T(tau), T(soft_cutoff(n))};
       for (int64_t t = 0; t < sp.num_tasks(); ++t) kt.soft_fwd(sp, t);
     }
     std::swap(cur, nxt);
