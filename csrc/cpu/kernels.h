@@ -598,7 +598,7 @@ struct Kernels {
   struct ScatterList {
     std::vector<int32_t> off;
     std::vector<T> val;
-    void reserve(int64_t n) {
+    void make_room(int64_t n) {  // for n pairs and the W a vector store may write past them
       off.resize(size_t(n + W));
       val.resize(size_t(n + W));
     }
@@ -619,7 +619,7 @@ struct Kernels {
     int64_t j = 0;
     if constexpr (V::kScatter) {
       thread_local ScatterList list;
-      list.reserve(p.n);
+      list.make_room(p.n);
       int64_t count = 0;
       for (; j + W <= p.n; j += W) count += V::compress_to_a(w + j, g + j, &list.off[size_t(count)], &list.val[size_t(count)]);
       list.add_to(out, count);
@@ -642,7 +642,7 @@ struct Kernels {
     thread_local std::vector<T> slab;
     slab.assign(size_t(p.k * C), T(0));
     thread_local ScatterList list;
-    list.reserve(C);
+    list.make_room(C);
     for (int64_t i = 0; i < p.m; ++i) {
       const int32_t* w = p.w + (bi * p.m + i) * p.n;
       const T* g = p.g + (bi * p.m + i) * p.n;
