@@ -209,8 +209,8 @@ std::tuple<at::Tensor, at::Tensor> hard_forward(const at::Tensor& A_in, const at
 }
 
 // Scatter of the hard gradient: each output's gradient goes to the one operand
-// element the forward recorded (encode_winner). Two passes so that every
-// thread owns what it writes: rows of dA, then column tiles of dB.
+// element the forward recorded (encode_winner). Two kinds of task so that
+// every task owns what it writes: column tiles of dB, rows of dA.
 std::tuple<at::Tensor, at::Tensor> hard_backward(const at::Tensor& grad_in, const at::Tensor& A_in,
                                                  const at::Tensor& B_in, const at::Tensor& winners_in) {
   check_3d(A_in, B_in);
@@ -230,8 +230,15 @@ std::tuple<at::Tensor, at::Tensor> hard_backward(const at::Tensor& grad_in, cons
       ScatterArgs<scalar_t> p{G.data_ptr<scalar_t>(), win.data_ptr<int32_t>(), dA.data_ptr<scalar_t>(),
                               dB.data_ptr<scalar_t>(), batch, m, n, k};
       const auto& kt = table_for<scalar_t>();
-      run_tasks(p.rows_tasks(), [&](int64_t t) { kt.scatter_a(p, t); });
-      run_tasks(p.cols_tasks(), [&](int64_t t) { kt.scatter_b(p, t); });
+      // One parallel region: the few long dB tasks first, then the many short
+      // dA rows, taken by whichever thread is free (they write disjoint outputs).
+      const int64_t n_b = p.cols_tasks();
+      run_tasks_dynamic(n_b + p.rows_tasks(), [&](int64_t t) {
+        if (t < n_b)
+          kt.scatter_b(p, t);
+        else
+          kt.scatter_a(p, t - n_b);
+      });
     });
   }
   return {dA.to(A_in.scalar_type()), dB.to(A_in.scalar_type())};
