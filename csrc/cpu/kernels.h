@@ -92,12 +92,8 @@ struct Kernels {
       for (int i = 0; i < R; ++i) {
         const reg av = V::set1(ap[r * MR + i]);
 #pragma GCC unroll 8
-        for (int v = 0; v < V::hard_nv; ++v) {
-          if constexpr (kBits)
-            acc[i][v] = V::max(acc[i][v], V::bits_min(av, bv[v]));
-          else
-            acc[i][v] = V::max(acc[i][v], V::min(av, bv[v]));
-        }
+        for (int v = 0; v < V::hard_nv; ++v)
+          acc[i][v] = V::max(acc[i][v], kBits ? V::bits_min(av, bv[v]) : V::min(av, bv[v]));
       }
     }
   }
@@ -193,39 +189,26 @@ struct Kernels {
     }
   }
 
-  // Sets *p.nan_seen (when given) if any of the n values at x is NaN.
-  static void note_nan(const HardArgs<T>& p, const T* x, int64_t n) {
-    if (!p.nan_seen) return;
-    uint32_t bad = 0;
-    int64_t q = 0;
-    for (; q + W <= n; q += W) bad |= V::nan_mask(V::load(x + q));
-    for (; q < n; ++q) bad |= std::isnan(x[q]) ? 1u : 0u;
-    if (bad) p.nan_seen->store(1, std::memory_order_relaxed);
-  }
-
-  // A packed block of n values: notes NaN (note_nan) and tells whether the
-  // block may use V::bits_min, i.e. whether every value is >= +0 or -inf (the
-  // capacities of an attention graph: weights, and -inf for "no edge"). There
-  // the order of the bits as signed integers is the order of the values.
+  // A packed block of n values: notes NaN in *p.nan_seen (when given) and
+  // tells whether the block may use V::bits_min, i.e. whether every value is
+  // >= +0 or -inf (the capacities of an attention graph: weights, and -inf
+  // for "no edge"). There the order of the bits as signed integers is the
+  // order of the values. One pass does both.
   static bool scan_packed(const HardArgs<T>& p, const T* x, int64_t n) {
-    if constexpr (!V::kBitsMin) {
-      note_nan(p, x, n);
-      return false;
-    } else {
-      uint32_t bad = 0, outside = 0;
-      int64_t q = 0;
-      for (; q + W <= n; q += W) {
-        const reg v = V::load(x + q);
-        bad |= V::nan_mask(v);
-        outside |= V::outside_bits_domain_mask(v);
-      }
-      for (; q < n; ++q) {
-        bad |= std::isnan(x[q]) ? 1u : 0u;
-        outside |= (std::signbit(x[q]) && x[q] != neg_inf()) ? 1u : 0u;
-      }
-      if (bad && p.nan_seen) p.nan_seen->store(1, std::memory_order_relaxed);
-      return !outside && !bad;
+    if (!V::kBitsMin && !p.nan_seen) return false;
+    uint32_t bad = 0, outside = 0;
+    int64_t q = 0;
+    for (; q + W <= n; q += W) {
+      const reg v = V::load(x + q);
+      bad |= V::nan_mask(v);
+      if constexpr (V::kBitsMin) outside |= V::outside_bits_domain_mask(v);
     }
+    for (; q < n; ++q) {
+      bad |= std::isnan(x[q]) ? 1u : 0u;
+      outside |= (std::signbit(x[q]) && x[q] != neg_inf()) ? 1u : 0u;
+    }
+    if (bad && p.nan_seen) p.nan_seen->store(1, std::memory_order_relaxed);
+    return V::kBitsMin && !outside && !bad;
   }
 
   // HardArgs::small(): whole products, one output row at a time, W columns per
@@ -240,7 +223,7 @@ struct Kernels {
       const T* b = p.b + bi * p.b_sb;
       for (int64_t r = 0; r < p.k; ++r)
         for (int64_t j = 0; j < npad; ++j) bbuf[size_t(r * npad + j)] = j < p.n ? b[r * p.b_sr + j * p.b_sj] : neg_inf();
-      note_nan(p, bbuf.data(), p.k * npad);
+      scan_packed(p, bbuf.data(), p.k * npad);  // for NaN: this path keeps the float min
       if (p.nan_seen) {
         bool bad = false;
         for (int64_t i = 0; i < p.m; ++i)
