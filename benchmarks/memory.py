@@ -8,6 +8,8 @@ from __future__ import annotations
 import ctypes
 import gc
 
+import vico_flow
+
 
 def _status_kb(field: str) -> int:
     with open("/proc/self/status") as f:
@@ -20,7 +22,9 @@ def _status_kb(field: str) -> int:
 def peak_rss_extra_mb(fn) -> float:
     """MB of peak RSS during fn() above the RSS just before it (Linux only)."""
     gc.collect()
-    # Give freed heap back to the OS first, or reusing it would not show in RSS.
+    # Give freed memory back to the OS first (the heap, and the blocks the CPU
+    # kernels keep for later outputs), or reusing it would not show in RSS.
+    vico_flow.empty_cpu_cache()
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")

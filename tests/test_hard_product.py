@@ -119,34 +119,38 @@ def test_tie_rules_by_hand():
     assert torch.equal(A.grad, torch.zeros(1, 2)) and torch.equal(B.grad, torch.tensor([[1.0], [0.0]]))
 
 
+# Depth of the CPU kernel's chunks: the tests below span several of them.
+KC = vico_flow._backends.compiled_extension().hard_depth_chunk
+
+
 @pytest.mark.parametrize("m", [4, 40])  # B searched in place / through its transposed copy
 def test_ties_across_sub_chunks_and_chunks(isa, m):
     # The CPU kernel notes in which 16-deep sub-chunk each max was first reached
-    # while it computes (in depth chunks of 256), then searches that sub-chunk.
+    # while it computes (in depth chunks of KC), then searches that sub-chunk.
     # Equal maxima later in the same sub-chunk, in later sub-chunks and in later
     # chunks must not move the argmax off the first r.
-    k = 600
+    k = 2 * KC + 88
     A = torch.zeros(m, k)
     B = torch.zeros(k, 70)
-    ties = [5, 9, 64, 130, 256, 299, 599]
+    ties = [5, 9, 64, 130, KC, KC + 43, 2 * KC + 87]
     A[:, ties] = 1.0
     B[ties, :] = 1.0
-    for first in (5, 9, 64, 130, 256):
+    for first in (5, 9, 64, 130, KC, KC + 43):
         C, idx = vico_flow.minmax_matmul_with_argmax(A, B)
         assert bool((C == 1).all()) and bool((idx == first).all()), first
         A[:, first] = 0.5  # no longer a maximum: the next tie wins
-    A[:, 520] = 2.0  # a strictly larger max in the third chunk, tied again at 599
-    B[[520, 599], :] = 2.0
-    A[:, 599] = 2.0
+    A[:, 2 * KC + 8] = 2.0  # a strictly larger max in the third chunk, tied again at its end
+    B[[2 * KC + 8, 2 * KC + 87], :] = 2.0
+    A[:, 2 * KC + 87] = 2.0
     C, idx = vico_flow.minmax_matmul_with_argmax(A, B)
-    assert bool((C == 2).all()) and bool((idx == 520).all())
+    assert bool((C == 2).all()) and bool((idx == 2 * KC + 8).all())
 
 
-@pytest.mark.parametrize("m,k,n", [(33, 257, 70), (50, 300, 301), (40, 513, 64), (64, 700, 129)])
+@pytest.mark.parametrize("m,k,n", [(50, 300, 301), (40, 513, 64), (33, KC + 6, 70), (24, 2 * KC + 52, 40)])
 @pytest.mark.parametrize("kind", KINDS)
 def test_deep_products_bit_identical(isa, m, k, n, kind):
-    # Several depth chunks, a ragged last sub-chunk, and enough rows for the
-    # winner search to go through the transposed copy of B.
+    # Many sub-chunks, several depth chunks, a ragged last sub-chunk, and
+    # enough rows for the winner search to go through the transposed copy of B.
     g = torch.Generator().manual_seed(k + n)
     check_exact(rand(m, k, kind=kind, gen=g), rand(k, n, kind=kind, gen=g))
 
@@ -157,18 +161,18 @@ def test_blocks_on_both_instruction_paths(isa, with_argmax):
     # its packed operands hold: the integer min on the bits for values >= +0
     # or -inf, the float min otherwise (a negative value, -0.0). Here the
     # blocks behind one output differ, and the min of two negatives decides:
-    # A has a negative row block (rows >= 300), B a negative depth chunk
-    # (rows 256..511) that holds the max of columns < 100 (the other chunks
+    # A has a negative row block (rows >= 150), B a negative depth chunk
+    # (rows KC..2KC) that holds the max of columns < 100 (the other chunks
     # are -10 there), and a -0.0 in the last chunk.
     g = torch.Generator().manual_seed(7)
-    m, k, n = 400, 700, 300
+    m, k, n = 200, 2 * KC + 188, 150
     A, B = rand(m, k, kind="ties", gen=g), rand(k, n, kind="ties", gen=g)
-    A[300:] -= 3.0
-    B[256:512] -= 5.0
-    B[:256, :100] = -10.0
-    B[512:, :100] = -10.0
-    B[650, 280] = -0.0  # below -inf as an integer: its block must take the float min
-    A[5] = -math.inf  # ... which keeps C[5, 280] = min(-inf, -0.0) = -inf
+    A[150:] -= 3.0
+    B[KC : 2 * KC] -= 5.0
+    B[:KC, :100] = -10.0
+    B[2 * KC :, :100] = -10.0
+    B[2 * KC + 138, 140] = -0.0  # below -inf as an integer: its block must take the float min
+    A[5] = -math.inf  # ... which keeps C[5, 140] = min(-inf, -0.0) = -inf
     if with_argmax:
         check_exact(A, B)
     else:

@@ -7,6 +7,7 @@
 """
 from . import reference
 from ._backends import available as available_backends
+from ._backends import empty_cpu_cache
 from .flow import FlowResult, attention_rollout, cross_attention_attribution, st_flow
 from .graph import Cross, DenseSelf, FlowGraph, Grid, Joint, Merge, Resize, Save, SpatialSelf, TemporalSelf
 from .ops import minmax_chain, minmax_matmul, minmax_matmul_with_argmax, soft_minmax_matmul
@@ -28,6 +29,7 @@ __all__ = [
     "attention_rollout",
     "available_backends",
     "cross_attention_attribution",
+    "empty_cpu_cache",
     "minmax_chain",
     "minmax_matmul",
     "minmax_matmul_with_argmax",

@@ -50,6 +50,18 @@ def compiled_extension():
         return None
 
 
+def empty_cpu_cache() -> int:
+    """Frees the memory the CPU kernels keep for their next large outputs.
+
+    Outputs of 1 MB or more (products, gradients) take the memory a dead output
+    of about the same size left behind, already mapped, which spares a page
+    fault per 4 KB on every call; up to 256 MB stay kept between calls. Returns
+    the bytes freed (0 without the compiled extension).
+    """
+    ext = compiled_extension()
+    return int(ext.release_cached_outputs()) if ext is not None else 0
+
+
 def _cpu_backend():
     ext = compiled_extension()
     if ext is None:

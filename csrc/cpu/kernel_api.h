@@ -14,10 +14,15 @@ namespace cpu {
 // Cache tiling of the hard product (same for every ISA, so task counts are
 // ISA independent). mc rows x NC columns of C per task (mc a multiple of
 // kHardMC, chosen per call: larger blocks re-pack B less often), depth in
-// chunks of kHardKC.
+// chunks of kHardKC. A chunk is deep: one B strip of a chunk (kHardKC x 64
+// values, 256 KB) stays in L2 while the A strips stream past it, and every
+// output merges its register tile into C once per chunk, which for the
+// tracked product means merging the sub-chunk ids too. At 1024^3 (one chunk
+// instead of four 256-deep ones) the forward took 9% less time and the
+// tracked forward 19% less.
 constexpr int64_t kHardMC = 48;
 constexpr int64_t kHardNC = 256;
-constexpr int64_t kHardKC = 256;
+constexpr int64_t kHardKC = 1024;
 // When the argmax is wanted, the register tile also notes in which kHardSub-deep
 // sub-chunk its running max last grew (one compare per accumulator and
 // sub-chunk against a copy held in registers; Kernels::micro_tracked). The
@@ -48,7 +53,8 @@ struct HardArgs {
   // the per-pixel temporal blocks of a video): a task takes kSmallBatch whole
   // products and skips the cache tiling, whose padding would waste most lanes.
   static constexpr int64_t kSmallBatch = 32;
-  bool small() const { return n <= 32 && k <= kHardKC && m <= 64; }
+  static constexpr int64_t kSmallMaxK = 256;
+  bool small() const { return n <= 32 && k <= kSmallMaxK && m <= 64; }
   int64_t num_tasks() const {
     return small() ? ceil_div(batch, kSmallBatch) : batch * ceil_div(m, mc) * ceil_div(n, kHardNC);
   }

@@ -282,8 +282,9 @@ struct Kernels {
     thread_local Track track;
     Track* tr = p.sub ? &track : nullptr;
     const int64_t mc_pad = ceil_div(mc, MR) * MR, nc_pad = ceil_div(nc, NR) * NR;
-    abuf.resize(size_t(mc_pad * kHardKC));
-    bbuf.resize(size_t(nc_pad * kHardKC));
+    const int64_t depth = std::min(kHardKC, ceil_div(p.k, kHardSub) * kHardSub);  // the deepest chunk, padded
+    abuf.resize(size_t(mc_pad * depth));
+    bbuf.resize(size_t(nc_pad * depth));
     for (int64_t r0 = 0; r0 < p.k; r0 += kHardKC) {
       const int64_t kc = std::min(kHardKC, p.k - r0);
       const int64_t kp = tr ? ceil_div(kc, kHardSub) * kHardSub : kc;  // tracking runs whole sub-chunks
@@ -293,12 +294,13 @@ struct Kernels {
       const bool b_bits = scan_packed(p, bbuf.data(), nc_pad * kp);
       const bool a_bits = scan_packed(p, abuf.data(), mc_pad * kp);
       const bool bits = b_bits && a_bits;
-      // A strip (MR x kc, a few KB) stays in L1 while the B strips stream from L2.
-      for (int64_t si = 0; si < mc; si += MR) {
-        const T* ap = abuf.data() + (si / MR) * kp * MR;
-        for (int64_t t = 0; t < nc; t += NR) {
+      // A B strip (kc x NR, up to 256 KB) stays in L2 while the A strips
+      // (MR x kc) stream past it.
+      for (int64_t t = 0; t < nc; t += NR) {
+        const T* bp = bbuf.data() + (t / NR) * kp * NR;
+        for (int64_t si = 0; si < mc; si += MR) {
           reg acc[MR][V::hard_nv];
-          const T* bp = bbuf.data() + (t / NR) * kp * NR;
+          const T* ap = abuf.data() + (si / MR) * kp * MR;
           const int32_t sub0 = int32_t(r0 / kHardSub);
           if (tr && bits)
             micro_tracked<true>(ap, bp, kp, acc, tr, sub0);
@@ -349,33 +351,46 @@ struct Kernels {
       }
       return;
     }
-    // The segments are scattered over B^T and the row of A: fetch both kAhead
-    // outputs ahead. The loop reads only locals hoisted above.
     constexpr int64_t kAhead = ArgmaxArgs<T>::kAhead;
     alignas(64) uint16_t eqs[kSeg], les[kSeg];
     const int32_t full_subs = int32_t(k / kHardSub);  // sub-chunks holding kHardSub values
     for (int64_t s0 = j_begin; s0 < j_end; s0 += kSeg) {
       const int64_t s1 = std::min(j_end, s0 + kSeg), ahead_end = std::max(s0, std::min(s1, j_end - kAhead));
-      const T* bt = btb + s0 * sj;
-      int64_t j = s0;
-      for (; j < ahead_end; ++j, bt += sj) {
-        const int64_t later = int64_t(idx[j + kAhead]) * kHardSub;
-        __builtin_prefetch(bt + kAhead * sj + later);
-        __builtin_prefetch(a + later);
-        search_masks(a, bt, k, full_subs, idx[j], c + j, eqs + (j - s0), les + (j - s0));
-      }
-      for (; j < s1; ++j, bt += sj) search_masks(a, bt, k, full_subs, idx[j], c + j, eqs + (j - s0), les + (j - s0));
+      if (full_subs * kHardSub == k)  // no ragged last sub-chunk: the loop has no call in it
+        search_pass1<false>(a, btb + s0 * sj, sj, k, full_subs, idx, c, s0, s1, ahead_end, eqs, les);
+      else
+        search_pass1<true>(a, btb + s0 * sj, sj, k, full_subs, idx, c, s0, s1, ahead_end, eqs, les);
       encode_winners(eqs, les, idx + s0, int(s1 - s0));
     }
   }
 
+  // Pass 1 of search_row for outputs s0..s1 of a row (B^T's row s0 at bt).
+  // The segments are scattered over B^T and the row of A: both are fetched
+  // kAhead outputs ahead (up to ahead_end). kRagged: whether the last
+  // sub-chunk is short; without it the loop holds no call, whose saved
+  // registers the compiler would otherwise spill.
+  template <bool kRagged>
+  static void search_pass1(const T* a, const T* bt, int64_t sj, int64_t k, int32_t full_subs, const int32_t* idx,
+                           const T* c, int64_t s0, int64_t s1, int64_t ahead_end, uint16_t* eqs, uint16_t* les) {
+    constexpr int64_t kAhead = ArgmaxArgs<T>::kAhead;
+    int64_t j = s0;
+    for (; j < ahead_end; ++j, bt += sj) {
+      const int64_t later = int64_t(idx[j + kAhead]) * kHardSub;
+      __builtin_prefetch(bt + kAhead * sj + later);
+      __builtin_prefetch(a + later);
+      search_masks<kRagged>(a, bt, k, full_subs, idx[j], c + j, eqs + (j - s0), les + (j - s0));
+    }
+    for (; j < s1; ++j, bt += sj) search_masks<kRagged>(a, bt, k, full_subs, idx[j], c + j, eqs + (j - s0), les + (j - s0));
+  }
+
   // Pass 1 of search_row for one output: the eq and le masks of sub-chunk
   // `sub` of A's row at a and B^T's row at bt, against the output at c.
+  template <bool kRagged>
   static inline __attribute__((always_inline)) void search_masks(const T* a, const T* bt, int64_t k, int32_t full_subs,
                                                                  int32_t sub, const T* c, uint16_t* eq_out,
                                                                  uint16_t* le_out) {
     const int64_t r0 = int64_t(sub) * kHardSub;
-    if (sub >= full_subs) {  // the ragged last sub-chunk, out of the hot path
+    if (kRagged && sub >= full_subs) {  // the ragged last sub-chunk, out of the hot path
       search_ragged(a + r0, bt + r0, int(k - r0), *c, eq_out, le_out);
       return;
     }

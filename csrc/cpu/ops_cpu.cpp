@@ -14,6 +14,7 @@
 
 #include "../tropical_common.h"
 #include "kernel_api.h"
+#include "output_pool.h"
 
 namespace vico_flow {
 namespace cpu {
@@ -77,9 +78,8 @@ void check_3d(const at::Tensor& A, const at::Tensor& B) {
 
 // Rows per task: as many as keep ~8 tasks per thread (fewer re-packs of B),
 // from kHardMC to kMaxRows. The task's block of C (and of sub-chunk ids when
-// tracking) is merged after every depth chunk, so it has to stay in L2 beside
-// the packed B panel: at 2048^3, 768 rows made the forward 13% slower than
-// 192 (and the tracked one 14%); at 1024^3 they are alike.
+// tracking) is merged after every depth chunk: with 256-deep chunks, 768 rows
+// made the 2048^3 forward 13% slower than 192 (and the tracked one 14%).
 int64_t hard_row_block(int64_t batch, int64_t m, int64_t n) {
   constexpr int64_t kMaxRows = 4 * kHardMC;
   const int64_t want = 8 * at::get_num_threads();
@@ -187,8 +187,8 @@ std::tuple<at::Tensor, at::Tensor> hard_forward(const at::Tensor& A_in, const at
   const auto ct = compute_type(A_in.scalar_type());
   const at::Tensor A = A_in.to(ct), B = B_in.to(ct);  // no copy unless half
   const int64_t batch = A.size(0), m = A.size(1), k = A.size(2), n = B.size(2);
-  at::Tensor C = at::empty({batch, m, n}, A.options());
-  at::Tensor idx = with_argmax ? at::empty({batch, m, n}, A.options().dtype(at::kInt)) : at::empty({0}, A.options().dtype(at::kInt));
+  at::Tensor C = empty_output({batch, m, n}, A.options());
+  at::Tensor idx = with_argmax ? empty_output({batch, m, n}, A.options().dtype(at::kInt)) : at::empty({0}, A.options().dtype(at::kInt));
   AT_DISPATCH_FLOATING_TYPES(ct, "vico_flow_hard_forward", [&] {
     // The winner search reads B down its columns: a transposed copy pays off
     // once there are enough rows to share it (it is made beside the product);
@@ -223,8 +223,8 @@ std::tuple<at::Tensor, at::Tensor> hard_backward(const at::Tensor& grad_in, cons
   // dB); zeros only when no task runs.
   const bool any = k > 0 && m > 0 && n > 0;
   const auto opts = A_in.options().dtype(ct);
-  at::Tensor dA = any ? at::empty({batch, m, k}, opts) : at::zeros({batch, m, k}, opts);
-  at::Tensor dB = any ? at::empty({batch, k, n}, opts) : at::zeros({batch, k, n}, opts);
+  at::Tensor dA = any ? empty_output({batch, m, k}, opts) : at::zeros({batch, m, k}, opts);
+  at::Tensor dB = any ? empty_output({batch, k, n}, opts) : at::zeros({batch, k, n}, opts);
   if (any) {
     AT_DISPATCH_FLOATING_TYPES(ct, "vico_flow_hard_backward", [&] {
       ScatterArgs<scalar_t> p{G.data_ptr<scalar_t>(), win.data_ptr<int32_t>(), dA.data_ptr<scalar_t>(),
@@ -249,7 +249,7 @@ at::Tensor soft_forward(const at::Tensor& A_in, const at::Tensor& B_in, double t
   const auto ct = compute_type(A_in.scalar_type());
   const at::Tensor A = A_in.to(ct), B = B_in.to(ct);
   const int64_t batch = A.size(0), m = A.size(1), k = A.size(2), n = B.size(2);
-  at::Tensor C = at::empty({batch, m, n}, A.options());
+  at::Tensor C = empty_output({batch, m, n}, A.options());
   AT_DISPATCH_FLOATING_TYPES(ct, "vico_flow_soft_forward", [&] {
     hard_into<scalar_t>(A, B, C);  // the shift H
     if (k > 0) {
@@ -333,14 +333,14 @@ std::tuple<at::Tensor, at::Tensor> soft_backward(const at::Tensor& grad_in, cons
     }
     const at::Tensor At = transposed_copy<scalar_t>(A_in.to(ct));  // [b,k,m]
     const at::Tensor B = B_in.to(ct).contiguous();                 // [b,k,n]
-    dB = at::empty({batch, k, n}, B.options());
+    dB = empty_output({batch, k, n}, B.options());
     soft_grad_rhs<scalar_t>(At, B, C, G, not_finite, s, dB);
     // dA^T is the right-hand gradient of C^T = B^T (max,min) A^T: the roles of
     // At and B swap; C and G are replaced by their transposes one at a time.
     G = transposed_copy<scalar_t>(G);
     C = transposed_copy<scalar_t>(C);
     if (any_inf) not_finite = transposed_copy<bool>(not_finite);
-    dA = at::empty({batch, m, k}, B.options());
+    dA = empty_output({batch, m, k}, B.options());
     soft_grad_rhs<scalar_t>(B, At, C, G, not_finite, s, dA.transpose(1, 2));
   });
   return {dA.to(A_in.scalar_type()), dB.to(A_in.scalar_type())};
@@ -393,7 +393,7 @@ at::Tensor chain_forward(const at::Tensor& F_in, const std::vector<at::Tensor>& 
                 "vico_flow._C.chain_forward: every W must be a CPU [b, n, n] tensor matching F");
     Ws.push_back(W.to(ct));
   }
-  at::Tensor out = at::empty({batch, K, n}, F.options());
+  at::Tensor out = empty_output({batch, K, n}, F.options());
   AT_DISPATCH_FLOATING_TYPES(ct, "vico_flow_chain_forward", [&] {
     const scalar_t* f = F.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
@@ -445,6 +445,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_cpu_isa", &c::set_isa, "force the float32 kernel instruction set: auto|avx512|avx2|scalar");
   m.def("cpu_isa", &c::isa, "instruction set the float32 CPU kernels use now");
   m.def("available_cpu_isas", &c::available_isas, "instruction sets this processor runs");
+  m.attr("hard_depth_chunk") = vico_flow::cpu::kHardKC;  // for tests that must span several chunks
+  m.def("release_cached_outputs", &c::release_cached_outputs, "free the memory kept for later CPU outputs; returns bytes");
+  m.def("cached_output_bytes", &c::cached_output_bytes, "bytes kept for later CPU outputs");
 #ifdef VICO_WITH_CUDA
   vico_flow::cuda::register_ops(m);
   m.attr("cuda_built") = true;
