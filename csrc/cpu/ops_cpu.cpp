@@ -120,7 +120,7 @@ void transpose_task(const TransposeArgs<T>& p, int64_t t) {
 template <class T>
 TransposeArgs<T> transpose_args(const at::Tensor& X, at::Tensor& out) {
   const int64_t batch = X.size(0), k = X.size(1), n = X.size(2);
-  if (!out.defined()) out = at::empty({batch, n, k}, X.options());
+  if (!out.defined()) out = empty_output({batch, n, k}, X.options());  // recycled memory: no page faults per call
   return {X.data_ptr<T>(), X.stride(0), X.stride(1), X.stride(2), out.data_ptr<T>(), batch, k, n};
 }
 
@@ -254,7 +254,9 @@ at::Tensor soft_forward(const at::Tensor& A_in, const at::Tensor& B_in, double t
     hard_into<scalar_t>(A, B, C);  // the shift H
     if (k > 0) {
       const double s = kLog2e / tau;
-      const at::Tensor Ac = A.contiguous(), Bs = (B * s).contiguous();
+      const at::Tensor Ac = A.contiguous();
+      at::Tensor Bs = empty_output(B.sizes(), B.options());
+      at::mul_out(Bs, B, s);
       SoftFwdArgs<scalar_t> p{Ac.data_ptr<scalar_t>(), Bs.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(), batch, m, n, k,
                               scalar_t(s), scalar_t(tau), scalar_t(soft_cutoff(k))};
       const auto& kt = table_for<scalar_t>();
