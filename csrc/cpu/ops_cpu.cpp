@@ -170,14 +170,15 @@ void hard_into(const at::Tensor& A, const at::Tensor& B, at::Tensor& C, int32_t*
 
 // Room for B^T in the winner search, kept by the calling thread between calls
 // up to kKeepBytes: a fresh buffer of that size costs a page fault per 4 KB
-// on every call, about a tenth of the search itself.
+// on every call, about a tenth of the search itself. Taken through
+// empty_output for its 2 MB pages.
 at::Tensor search_workspace(const at::Tensor& B) {
   constexpr int64_t kKeepBytes = int64_t(64) << 20;
   const int64_t bytes = B.numel() * B.element_size();
   thread_local at::Tensor kept;
-  if (bytes > kKeepBytes) return at::empty({B.size(0), B.size(2), B.size(1)}, B.options());
+  if (bytes > kKeepBytes) return empty_output({B.size(0), B.size(2), B.size(1)}, B.options());
   if (!kept.defined() || kept.scalar_type() != B.scalar_type() || kept.numel() < B.numel())
-    kept = at::empty({B.numel()}, B.options());
+    kept = empty_output({B.numel()}, B.options());
   return kept.narrow(0, 0, B.numel()).view({B.size(0), B.size(2), B.size(1)});
 }
 

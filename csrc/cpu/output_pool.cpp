@@ -5,6 +5,7 @@
 #include <c10/core/CPUAllocator.h>
 
 #include <cstdlib>
+#include <sys/mman.h>
 #include <map>
 #include <mutex>
 #include <utility>
@@ -19,6 +20,11 @@ constexpr size_t kMinBytes = size_t(1) << 20;
 constexpr size_t kMaxCachedBytes = size_t(256) << 20;
 // Block sizes are multiples of this; a block serves requests down to 4/5 of its size.
 constexpr size_t kGrain = size_t(64) << 10;
+// Blocks of whole 2 MB pages are aligned to them and asked to be backed by
+// transparent huge pages: the dB scatter reads the winners and the gradient
+// down 64-column slabs, one 4 KB page per row, and took 0.1-0.2 ms less of
+// its ~1.4 ms at 1024^3 with 2 MB pages (in-process A/B).
+constexpr size_t kHugePage = size_t(2) << 20;
 
 class Pool {
  public:
@@ -92,9 +98,14 @@ class PoolAllocator final : public c10::Allocator {
     if (bytes < kMinBytes) return c10::GetCPUAllocator()->allocate(bytes);
     auto [p, size] = pool().take(bytes);
     if (!p) {
-      size = (bytes + kGrain - 1) / kGrain * kGrain;
-      p = std::aligned_alloc(64, size);
+      const size_t huge_size = (bytes + kHugePage - 1) / kHugePage * kHugePage;
+      const bool huge = bytes >= kHugePage && (huge_size - bytes) * 8 <= bytes;  // rounding wastes <= 1/8
+      size = huge ? huge_size : (bytes + kGrain - 1) / kGrain * kGrain;
+      p = std::aligned_alloc(huge ? kHugePage : 64, size);
       TORCH_CHECK(p, "vico_flow: out of memory allocating ", bytes, " bytes for an output");
+#ifdef MADV_HUGEPAGE
+      if (huge) madvise(p, size, MADV_HUGEPAGE);  // a hint: ignored where transparent huge pages are off
+#endif
     }
     return {p, new Block{p, size}, &give_back_block, c10::Device(c10::kCPU)};
   }
