@@ -22,8 +22,8 @@ constexpr size_t kMaxCachedBytes = size_t(256) << 20;
 constexpr size_t kGrain = size_t(64) << 10;
 // Blocks of whole 2 MB pages are aligned to them and asked to be backed by
 // transparent huge pages: the dB scatter reads the winners and the gradient
-// down 64-column slabs, one 4 KB page per row, and took 0.1-0.2 ms less of
-// its ~1.4 ms at 1024^3 with 2 MB pages (in-process A/B).
+// down 64-column slabs, one 4 KB page per row, and the hard backward took
+// 0.1-0.2 ms less of its ~1.4 ms at 1024^3 with 2 MB pages (in-process A/B).
 constexpr size_t kHugePage = size_t(2) << 20;
 
 class Pool {
