@@ -49,9 +49,11 @@ struct HardArgs {
   // they are packed (in cache, a vector compare per W values), so the op layer
   // needs no separate pass over them to refuse NaN.
   std::atomic<int>* nan_seen = nullptr;
-  // Many small products (n below one register tile, k within one chunk, e.g.
+  // Many small products (n below one register tile, k up to kSmallMaxK, e.g.
   // the per-pixel temporal blocks of a video): a task takes kSmallBatch whole
   // products and skips the cache tiling, whose padding would waste most lanes.
+  // (kSmallMaxK is the bound from when depth chunks were 256 deep; the path
+  // holds a whole product's B in a buffer, so it stays small.)
   static constexpr int64_t kSmallBatch = 32;
   static constexpr int64_t kSmallMaxK = 256;
   bool small() const { return n <= 32 && k <= kSmallMaxK && m <= 64; }
