@@ -105,6 +105,33 @@ def test_gradient_routing_matches_reference(isa, kind, dtype, n):
         assert torch.equal(dB, rB.sum(0))
 
 
+# Gradients of 4 MB or more are written with non-temporal stores: rows of dA
+# and dB that start on a cache line (k, n multiples of 16) and rows that do not.
+LARGE_GRAD_SHAPES = [(512, 1024, 512), (520, 1030, 530)]
+
+
+@pytest.fixture(scope="module")
+def large_grad_case():
+    cases = {}
+    for m, k, n in LARGE_GRAD_SHAPES:
+        assert (m * k + k * n) * 4 >= 4 << 20  # past the kernels' streaming threshold
+        g = torch.Generator().manual_seed(m + k + n)
+        A, B = rand(m, k, gen=g), rand(k, n, gen=g)
+        up = torch.randint(-3, 4, (m, n), generator=g).float()  # exact sums
+        _, idx = reference.minmax_matmul_argmax(A, B)
+        rA, rB = reference.minmax_matmul_backward(up[None], A[None], B[None], idx[None])
+        cases[(m, k, n)] = (A, B, up, rA[0], rB[0])
+    return cases
+
+
+@pytest.mark.parametrize("shape", LARGE_GRAD_SHAPES)
+def test_large_gradients_match_reference(isa, large_grad_case, shape):
+    A, B, up, rA, rB = large_grad_case[shape]
+    for dtype in (torch.float32, torch.float64):
+        dA, dB = _grads(A.to(dtype), B.to(dtype), up.to(dtype), "cpu")
+        assert torch.equal(dA, rA.to(dtype)) and torch.equal(dB, rB.to(dtype))
+
+
 def test_tie_rules_by_hand():
     # All mins equal 1: the gradient goes to r = 0, and to A because A <= B there.
     A = torch.tensor([[1.0, 1.0, 1.0]], requires_grad=True)

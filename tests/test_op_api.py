@@ -183,6 +183,18 @@ def test_large_outputs_reuse_the_memory_of_dead_outputs():
     assert vico_flow.empty_cpu_cache() == 0
 
 
+def test_the_last_freed_block_is_reused_first():
+    # Of two kept blocks of one size, the next output takes the one freed
+    # last: its lines are the likeliest to still be in cache.
+    vico_flow.empty_cpu_cache()
+    A, B = torch.rand(512, 40), torch.rand(40, 512)
+    first, second = vico_flow.minmax_matmul(A, B), vico_flow.minmax_matmul(A, B)
+    ptrs = (first.data_ptr(), second.data_ptr())
+    del first, second  # `second` is freed last
+    assert vico_flow.minmax_matmul(A, B).data_ptr() == ptrs[1]
+    vico_flow.empty_cpu_cache()
+
+
 @pytest.mark.parametrize("product", ["hard", "soft"])
 def test_recycled_outputs_are_ordinary_tensors(product):
     # Gradients accumulate into .grad across calls, outputs resize and take

@@ -624,7 +624,12 @@ struct Kernels {
     }
     for (; j < p.n; ++j)
       if (winner_to_a(w[j])) out[w[j]] += g[j];
-    std::copy(out, out + p.k, p.da + task * p.k);
+    if (p.stream) {
+      V::stream_copy(p.da + task * p.k, out, p.k);
+      V::stream_fence();
+    } else {
+      std::copy(out, out + p.k, p.da + task * p.k);
+    }
   }
 
   // dB column tile: out[r, j] += g[i, j] for the outputs whose winner is (B, r).
@@ -661,8 +666,12 @@ struct Kernels {
         if (!winner_to_a(w[j])) slab[size_t(winner_index(w[j]) * C + (j - j0))] += g[j];
     }
     T* out = p.db + bi * p.k * p.n;
-    for (int64_t r = 0; r < p.k; ++r)
-      for (int64_t jj = j0; jj < j1; ++jj) out[r * p.n + jj] = slab[size_t(r * C + (jj - j0))];
+    if (p.stream) {
+      for (int64_t r = 0; r < p.k; ++r) V::stream_copy(out + r * p.n + j0, slab.data() + r * C, j1 - j0);
+      V::stream_fence();
+    } else {
+      for (int64_t r = 0; r < p.k; ++r) std::copy(slab.data() + r * C, slab.data() + r * C + (j1 - j0), out + r * p.n + j0);
+    }
   }
 
   // ------------------------------------------------------------ transpose

@@ -231,6 +231,7 @@ std::tuple<at::Tensor, at::Tensor> hard_backward(const at::Tensor& grad_in, cons
     AT_DISPATCH_FLOATING_TYPES(ct, "vico_flow_hard_backward", [&] {
       ScatterArgs<scalar_t> p{G.data_ptr<scalar_t>(), win.data_ptr<int32_t>(), dA.data_ptr<scalar_t>(),
                               dB.data_ptr<scalar_t>(), batch, m, n, k};
+      p.stream = (dA.numel() + dB.numel()) * int64_t(sizeof(scalar_t)) >= ScatterArgs<scalar_t>::kStreamBytes;
       const auto& kt = table_for<scalar_t>();
       // One parallel region: the few long dB tasks first, then the many short
       // dA rows, taken by whichever thread is free (they write disjoint outputs).

@@ -6,6 +6,7 @@
 
 #include <cstdlib>
 #include <sys/mman.h>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <utility>
@@ -33,6 +34,9 @@ class Pool {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = free_.lower_bound(bytes);
     if (it == free_.end() || it->first > bytes + bytes / 4) return {nullptr, 0};
+    // Of the blocks of that size, the one given back last (a multimap keeps
+    // equal keys in insertion order): its lines are the likeliest to be in cache.
+    it = std::prev(free_.upper_bound(it->first));
     const std::pair<void*, size_t> block{it->second, it->first};
     cached_ -= it->first;
     free_.erase(it);

@@ -86,6 +86,19 @@ struct Avx2 {
   static uint32_t nan_mask(reg x) { return uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(x, x, _CMP_UNORD_Q))); }
   // Bit l set where grad_goes_to_a(a[l], b[l]) (the gradient goes to A).
   static uint32_t le_mask(reg a, reg b) { return uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_LE_OQ))); }
+  // dst[0, n) = src[0, n), whole 64-byte lines of dst with non-temporal
+  // stores (see ScatterArgs::stream); stream_fence() orders them before the
+  // task ends.
+  static void stream_copy(float* dst, const float* src, int64_t n) {
+    int64_t q = 0;
+    for (; q < n && (reinterpret_cast<uintptr_t>(dst + q) & 63) != 0; ++q) dst[q] = src[q];
+    for (; q + 16 <= n; q += 16) {
+      _mm256_stream_ps(dst + q, _mm256_loadu_ps(src + q));
+      _mm256_stream_ps(dst + q + 8, _mm256_loadu_ps(src + q + 8));
+    }
+    for (; q < n; ++q) dst[q] = src[q];
+  }
+  static void stream_fence() { _mm_sfence(); }
   static void merge_max(float* c, reg acc) { _mm256_storeu_ps(c, _mm256_max_ps(_mm256_loadu_ps(c), acc)); }
   // ids[l] = sub where acc grew past its value before the sub-chunk.
   static void track(reg before, reg acc, int32_t* ids, int32_t sub) {
