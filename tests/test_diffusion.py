@@ -234,6 +234,7 @@ def test_head_averaged_attention_matches_autograd_of_the_formula():
         assert torch.autograd.gradcheck(lambda a, b: head_averaged_attention(a, b, m, 0.5, causal, 3), (q, k))
 
 
+@pytest.mark.filterwarnings("error::FutureWarning")  # no deprecated keyword on the way
 def test_cli_attribute_loads_a_saved_pipeline(tmp_path):
     # The path real checkpoints take (DiffusionPipeline.from_pretrained), offline.
     from vico_diffusion.cli import main

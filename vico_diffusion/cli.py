@@ -14,6 +14,18 @@ DEMO_PROMPT = "a dog and a horse running on the beach"
 DEMO_TOKENS = ["dog", "horse", "beach"]
 
 
+def _dtype_kwarg(dtype) -> dict:
+    """The `from_pretrained` keyword for the weights' dtype: `dtype` where
+    diffusers takes it (it deprecated `torch_dtype` in its favour and resolves
+    the two in `_resolve_dtype`), `torch_dtype` in older releases, which would
+    not read `dtype`."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+    except ImportError:
+        return {"torch_dtype": dtype}
+    return {"dtype": dtype}
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output folder for the report (created)")
     p.add_argument("--steps", type=int, default=None, help="denoising steps")
@@ -94,7 +106,7 @@ def main(argv=None) -> int:
 
         args.out = args.out or os.path.join(os.getcwd(), "vico-attribution")
         dtype = getattr(torch, args.dtype)
-        pipe = DiffusionPipeline.from_pretrained(args.model, torch_dtype=dtype).to(args.device)
+        pipe = DiffusionPipeline.from_pretrained(args.model, **_dtype_kwarg(dtype)).to(args.device)
         return _run(pipe, args, {})
     except (ValueError, TypeError, OSError, ImportError) as e:
         print(f"vico {args.command}: error: {e}", file=sys.stderr)
