@@ -5,11 +5,12 @@
 #include <c10/core/CPUAllocator.h>
 
 #include <cstdlib>
-#include <sys/mman.h>
 #include <iterator>
 #include <map>
 #include <mutex>
 #include <utility>
+
+#include <sys/mman.h>
 
 namespace vico_flow {
 namespace cpu {
