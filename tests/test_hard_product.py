@@ -106,27 +106,30 @@ def test_gradient_routing_matches_reference(isa, kind, dtype, n):
 
 
 # Gradients of 4 MB or more are written with non-temporal stores: rows of dA
-# and dB that start on a cache line (k, n multiples of 16) and rows that do not.
-LARGE_GRAD_SHAPES = [(512, 1024, 512), (520, 1030, 530)]
+# and dB that start on a cache line (k, n multiples of 16) and rows that do
+# not, and a batch of products (B broadcast over it).
+LARGE_GRAD_SHAPES = [((512, 1024), (1024, 512)), ((520, 1030), (1030, 530)), ((3, 260, 1030), (1030, 530))]
 
 
 @pytest.fixture(scope="module")
 def large_grad_case():
     cases = {}
-    for m, k, n in LARGE_GRAD_SHAPES:
-        assert (m * k + k * n) * 4 >= 4 << 20  # past the kernels' streaming threshold
-        g = torch.Generator().manual_seed(m + k + n)
-        A, B = rand(m, k, gen=g), rand(k, n, gen=g)
-        up = torch.randint(-3, 4, (m, n), generator=g).float()  # exact sums
-        _, idx = reference.minmax_matmul_argmax(A, B)
-        rA, rB = reference.minmax_matmul_backward(up[None], A[None], B[None], idx[None])
-        cases[(m, k, n)] = (A, B, up, rA[0], rB[0])
+    for a_shape, b_shape in LARGE_GRAD_SHAPES:
+        g = torch.Generator().manual_seed(sum(a_shape) + sum(b_shape))
+        A, B = rand(*a_shape, gen=g), rand(*b_shape, gen=g)
+        A3 = A if A.dim() == 3 else A[None]
+        B3 = B.expand(A3.shape[0], -1, -1)
+        assert (A3.numel() + B3.numel()) * 4 >= 4 << 20  # past the kernels' streaming threshold
+        up = torch.randint(-3, 4, (A3.shape[0], A3.shape[1], B3.shape[2]), generator=g).float()  # exact sums
+        _, idx = reference.minmax_matmul_argmax(A3, B3)
+        rA, rB = reference.minmax_matmul_backward(up, A3, B3, idx)
+        cases[(a_shape, b_shape)] = (A, B, up.reshape(*A.shape[:-1], -1), rA.reshape(A.shape), rB.sum(0))
     return cases
 
 
-@pytest.mark.parametrize("shape", LARGE_GRAD_SHAPES)
-def test_large_gradients_match_reference(isa, large_grad_case, shape):
-    A, B, up, rA, rB = large_grad_case[shape]
+@pytest.mark.parametrize("shapes", LARGE_GRAD_SHAPES, ids=str)
+def test_large_gradients_match_reference(isa, large_grad_case, shapes):
+    A, B, up, rA, rB = large_grad_case[shapes]
     for dtype in (torch.float32, torch.float64):
         dA, dB = _grads(A.to(dtype), B.to(dtype), up.to(dtype), "cpu")
         assert torch.equal(dA, rA.to(dtype)) and torch.equal(dB, rB.to(dtype))
