@@ -185,6 +185,18 @@ def test_deep_products_bit_identical(isa, m, k, n, kind):
     check_exact(rand(m, k, kind=kind, gen=g), rand(k, n, kind=kind, gen=g))
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_small_products_read_b_in_place_or_gathered(isa, kind):
+    # Many small products (n <= 32) take their own path, which reads B's rows
+    # in place when they are whole vectors (contiguous rows, n a multiple of
+    # the vector width) and gathers them into a padded buffer otherwise.
+    g = torch.Generator().manual_seed(7)
+    A = rand(40, 4, 20, kind=kind, gen=g)
+    wide = rand(40, 20, 48, kind=kind, gen=g)
+    for B in (wide[..., :16].contiguous(), wide[..., :32], wide[..., 3:19], wide[..., ::2][..., :16], wide[..., :7]):
+        check_exact(A, B)
+
+
 @pytest.mark.parametrize("with_argmax", [False, True])
 def test_blocks_on_both_instruction_paths(isa, with_argmax):
     # Each cache block of the CPU kernel picks its min instruction from what

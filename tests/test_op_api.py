@@ -92,10 +92,11 @@ def test_bad_inputs_raise_clear_errors(name):
         _raises(ValueError, r"backend 'cuda' is not available", f, A, B, backend="cuda")
 
 
-# (m, k, n) reaching each CPU kernel path: the small-product path, the cache-
+# (m, k, n) reaching each CPU kernel path: the small-product path (B gathered,
+# and B's rows read in place), the cache-
 # tiled path with several depth chunks and ragged edges, and rows enough for the
 # winner search to use its transposed copy of B.
-NAN_SHAPES = [(5, 9, 7), (64, 256, 32), (70, 300, 90), (33, 513, 40)]
+NAN_SHAPES = [(5, 9, 7), (4, 16, 16), (64, 256, 32), (70, 300, 90), (33, 513, 40)]
 
 
 @given(
