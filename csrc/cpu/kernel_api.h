@@ -44,6 +44,7 @@ struct HardArgs {
   int64_t b_sb, b_sr, b_sj;
   T* c;          // contiguous [batch, m, n]
   int32_t* sub;  // nullable; contiguous [batch, m, n]: the kHardSub-deep sub-chunk of the first max
+                 // (small() products: the encoded winner itself, see Kernels::hard_small)
   int64_t batch, m, n, k, mc;
   // Nullable: set to 1 when an operand holds NaN. The operands are checked as
   // they are packed (in cache, a vector compare per W values), so the op layer
@@ -56,7 +57,8 @@ struct HardArgs {
   // holds a whole product's B in a buffer, so it stays small.)
   static constexpr int64_t kSmallBatch = 32;
   static constexpr int64_t kSmallMaxK = 256;
-  bool small() const { return n <= 32 && k <= kSmallMaxK && m <= 64; }
+  static bool small_shape(int64_t m, int64_t n, int64_t k) { return n <= 32 && k <= kSmallMaxK && m <= 64; }
+  bool small() const { return small_shape(m, n, k); }
   int64_t num_tasks() const {
     return small() ? ceil_div(batch, kSmallBatch) : batch * ceil_div(m, mc) * ceil_div(n, kHardNC);
   }

@@ -275,17 +275,24 @@ struct Kernels {
           if (!p.sub) {
             steps_small(0, p.k);
           } else {
-            for (int64_t r0 = 0; r0 < p.k; r0 += kHardSub) {  // sub-chunk tracking as in micro_tracked()
+            // Tracked at every r (the last strict growth of the running max
+            // is its first r), so these products need no winner search.
+            for (int64_t r = 0; r < p.k; ++r) {
               for (int ii = 0; ii < rows; ++ii) before[ii] = acc[ii];
-              steps_small(r0, std::min(p.k, r0 + kHardSub));
-              for (int ii = 0; ii < rows; ++ii) V::track(before[ii], acc[ii], ids[ii], int32_t(r0 / kHardSub));
+              steps_small(r, r + 1);
+              for (int ii = 0; ii < rows; ++ii) V::track(before[ii], acc[ii], ids[ii], int32_t(r));
             }
           }
           const int cols = int(std::min<int64_t>(W, p.n - j0));
           for (int ii = 0; ii < rows; ++ii) {
             const int64_t out = (bi * p.m + i0 + ii) * p.n + j0;
             V::store_partial(p.c + out, acc[ii], cols);
-            if (p.sub) std::copy(ids[ii], ids[ii] + cols, p.sub + out);
+            if (!p.sub) continue;
+            const T* arow = a + (i0 + ii) * p.a_si;
+            for (int jj = 0; jj < cols; ++jj) {
+              const int64_t r = ids[ii][jj];
+              p.sub[out + jj] = p.k == 0 ? 0 : encode_winner(r, grad_goes_to_a(arow[r * p.a_sr], bt[r * bt_sr + j0 + jj]));
+            }
           }
         }
       }

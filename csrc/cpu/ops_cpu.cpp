@@ -192,14 +192,17 @@ std::tuple<at::Tensor, at::Tensor> hard_forward(const at::Tensor& A_in, const at
   at::Tensor C = empty_output({batch, m, n}, A.options());
   at::Tensor idx = with_argmax ? empty_output({batch, m, n}, A.options().dtype(at::kInt)) : at::empty({0}, A.options().dtype(at::kInt));
   AT_DISPATCH_FLOATING_TYPES(ct, "vico_flow_hard_forward", [&] {
-    // The winner search reads B down its columns: a transposed copy pays off
-    // once there are enough rows to share it (it is made beside the product);
-    // a few flow rows read B in place.
-    const bool copied = with_argmax && k > 0 && m >= 32;
+    // The winner search runs unless there is no r to find or the products
+    // are small ones, whose winners the product itself finds. It reads B
+    // down its columns: a transposed copy pays off once there are enough rows
+    // to share it (it is made beside the product); a few flow rows read B in
+    // place.
+    const bool searched = with_argmax && k > 0 && !HardArgs<scalar_t>::small_shape(m, n, k);
+    const bool copied = searched && m >= 32;
     at::Tensor Bt = copied ? search_workspace(B) : B;
     const TransposeArgs<scalar_t> tp = copied ? transpose_args<scalar_t>(B, Bt) : TransposeArgs<scalar_t>{};
     hard_into<scalar_t>(A, B, C, with_argmax ? idx.data_ptr<int32_t>() : nullptr, copied ? &tp : nullptr);
-    if (!with_argmax || k == 0) return;  // no winners wanted, or no r to find
+    if (!searched) return;
     const at::Tensor Ac = A.contiguous();
     const ArgmaxArgs<scalar_t> s{Ac.data_ptr<scalar_t>(), Bt.data_ptr<scalar_t>(),
                                 copied ? n * k : B.stride(0), copied ? k : B.stride(2), copied ? 1 : B.stride(1),
