@@ -472,6 +472,17 @@ struct Kernels {
   }
 
   // ------------------------------------------------------------ soft forward
+  // One term of the soft sum (tropical_common.h): 1 / (2^(h' - a') + 2^(h' - b')).
+  static inline reg soft_term(reg hs, reg as, reg bs) { return V::rcp(V::add(V::exp2(V::sub(hs, as)), V::exp2(V::sub(hs, bs)))); }
+
+  // One term of dC/dB: g * soft_grad_weight(v, p) with u = 2^(c' - a'),
+  // v = 2^(c' - b'), p = 1 / (u + v).
+  static inline reg soft_grad_term(reg cs, reg as, reg bs, reg g) {
+    const reg w = V::exp2(V::sub(cs, bs));
+    const reg pr = V::rcp(V::add(V::exp2(V::sub(cs, as)), w));
+    return V::mul(g, V::mul(V::mul(w, pr), pr));
+  }
+
   // For a group of V::soft_nv vectors of which only `cols` columns are
   // valid (cols < soft_nv * W): runs f.template operator()<NVP>() with NVP
   // the vectors that hold them. A compile-time count keeps the accumulators
@@ -535,8 +546,7 @@ struct Kernels {
             const T* brow = bs + r * p.n + j0;
 #pragma GCC unroll 8
             for (int v = 0; v < NV; ++v) {
-              const reg bv = V::load(brow + v * W);
-              acc[v] = V::add(acc[v], V::rcp(V::add(V::exp2(V::sub(hs[v], av)), V::exp2(V::sub(hs[v], bv)))));
+              acc[v] = V::add(acc[v], soft_term(hs[v], av, V::load(brow + v * W)));
             }
           }
         } else {
@@ -547,8 +557,7 @@ struct Kernels {
               const T* brow = bs + r * p.n + j0;
 #pragma GCC unroll 8
               for (int v = 0; v < NVP; ++v) {
-                const reg bv = V::load_partial(brow + v * W, cols - v * W, T(0));
-                acc[v] = V::add(acc[v], V::rcp(V::add(V::exp2(V::sub(hs[v], av)), V::exp2(V::sub(hs[v], bv)))));
+                acc[v] = V::add(acc[v], soft_term(hs[v], av, V::load_partial(brow + v * W, cols - v * W, T(0))));
               }
             }
           });
@@ -607,9 +616,7 @@ struct Kernels {
 #pragma GCC unroll 8
             for (int v = 0; v < NV; ++v) {
               const reg cv = V::mul(V::load(cs + i * p.n + j0 + v * W), sv);
-              const reg u = V::exp2(V::sub(cv, av)), w = V::exp2(V::sub(cv, bv[v]));
-              const reg pr = V::rcp(V::add(u, w));
-              acc[v] = V::add(acc[v], V::mul(V::load(g + i * p.n + j0 + v * W), V::mul(V::mul(w, pr), pr)));
+              acc[v] = V::add(acc[v], soft_grad_term(cv, av, bv[v], V::load(g + i * p.n + j0 + v * W)));
             }
           }
         } else {
@@ -622,10 +629,7 @@ struct Kernels {
 #pragma GCC unroll 8
               for (int v = 0; v < NVP; ++v) {
                 const reg cv = V::mul(V::load_partial(crow + v * W, cols - v * W, T(0)), sv);
-                const reg u = V::exp2(V::sub(cv, av)), w = V::exp2(V::sub(cv, bv[v]));
-                const reg pr = V::rcp(V::add(u, w));
-                const reg gv = V::load_partial(grow + v * W, cols - v * W, T(0));
-                acc[v] = V::add(acc[v], V::mul(gv, V::mul(V::mul(w, pr), pr)));
+                acc[v] = V::add(acc[v], soft_grad_term(cv, av, bv[v], V::load_partial(grow + v * W, cols - v * W, T(0))));
               }
             }
           });
