@@ -687,11 +687,23 @@ struct Kernels {
     for (; j < p.n; ++j)
       if (winner_to_a(w[j])) out[w[j]] += g[j];
     if (p.stream) {
-      V::stream_copy(p.da + task * p.k, out, p.k);
+      stream_copy(p.da + task * p.k, out, p.k);
       V::stream_fence();
     } else {
       std::copy(out, out + p.k, p.da + task * p.k);
     }
+  }
+
+  // dst[0, n) = src[0, n), the whole 64-byte lines of dst with non-temporal
+  // stores where the ISA has them (V::kStream; see ScatterArgs::stream).
+  static void stream_copy(T* dst, const T* src, int64_t n) {
+    constexpr int64_t kLine = 64 / int64_t(sizeof(T));
+    int64_t q = 0;
+    if constexpr (V::kStream) {
+      for (; q < n && (reinterpret_cast<uintptr_t>(dst + q) & 63) != 0; ++q) dst[q] = src[q];
+      for (; q + kLine <= n; q += kLine) V::stream_line(dst + q, src + q);
+    }
+    std::copy(src + q, src + n, dst + q);
   }
 
   // dB column tile: out[r, j] += g[i, j] for the outputs whose winner is (B, r).
@@ -729,7 +741,7 @@ struct Kernels {
     }
     T* out = p.db + bi * p.k * p.n;
     if (p.stream) {
-      for (int64_t r = 0; r < p.k; ++r) V::stream_copy(out + r * p.n + j0, slab.data() + r * C, j1 - j0);
+      for (int64_t r = 0; r < p.k; ++r) stream_copy(out + r * p.n + j0, slab.data() + r * C, j1 - j0);
       V::stream_fence();
     } else {
       for (int64_t r = 0; r < p.k; ++r) std::copy(slab.data() + r * C, slab.data() + r * C + (j1 - j0), out + r * p.n + j0);

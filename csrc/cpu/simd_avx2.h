@@ -86,17 +86,13 @@ struct Avx2 {
   static uint32_t nan_mask(reg x) { return uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(x, x, _CMP_UNORD_Q))); }
   // Bit l set where grad_goes_to_a(a[l], b[l]) (the gradient goes to A).
   static uint32_t le_mask(reg a, reg b) { return uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_LE_OQ))); }
-  // dst[0, n) = src[0, n), whole 64-byte lines of dst with non-temporal
-  // stores (see ScatterArgs::stream); stream_fence() orders them before the
+  // Non-temporal store of one 64-byte line at dst (64-byte aligned) from src
+  // (see ScatterArgs::stream); stream_fence() orders such stores before a
   // task ends.
-  static void stream_copy(float* dst, const float* src, int64_t n) {
-    int64_t q = 0;
-    for (; q < n && (reinterpret_cast<uintptr_t>(dst + q) & 63) != 0; ++q) dst[q] = src[q];
-    for (; q + 16 <= n; q += 16) {
-      _mm256_stream_ps(dst + q, _mm256_loadu_ps(src + q));
-      _mm256_stream_ps(dst + q + 8, _mm256_loadu_ps(src + q + 8));
-    }
-    for (; q < n; ++q) dst[q] = src[q];
+  static constexpr bool kStream = true;
+  static void stream_line(float* dst, const float* src) {
+    _mm256_stream_ps(dst, _mm256_loadu_ps(src));
+    _mm256_stream_ps(dst + 8, _mm256_loadu_ps(src + 8));
   }
   static void stream_fence() { _mm_sfence(); }
   static void merge_max(float* c, reg acc) { _mm256_storeu_ps(c, _mm256_max_ps(_mm256_loadu_ps(c), acc)); }

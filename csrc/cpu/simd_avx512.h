@@ -146,15 +146,11 @@ struct Avx512 {
     }
     for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ld, r[i]);
   }
-  // dst[0, n) = src[0, n), whole 64-byte lines of dst with non-temporal
-  // stores (see ScatterArgs::stream); stream_fence() orders them before the
+  // Non-temporal store of one 64-byte line at dst (64-byte aligned) from src
+  // (see ScatterArgs::stream); stream_fence() orders such stores before a
   // task ends.
-  static void stream_copy(float* dst, const float* src, int64_t n) {
-    int64_t q = 0;
-    for (; q < n && (reinterpret_cast<uintptr_t>(dst + q) & 63) != 0; ++q) dst[q] = src[q];
-    for (; q + 16 <= n; q += 16) _mm512_stream_ps(dst + q, _mm512_loadu_ps(src + q));
-    for (; q < n; ++q) dst[q] = src[q];
-  }
+  static constexpr bool kStream = true;
+  static void stream_line(float* dst, const float* src) { _mm512_stream_ps(dst, _mm512_loadu_ps(src)); }
   static void stream_fence() { _mm_sfence(); }
   static void merge_max(float* c, reg acc) { _mm512_storeu_ps(c, _mm512_max_ps(_mm512_loadu_ps(c), acc)); }
   // ids[l] = sub where acc grew past its value before the sub-chunk.

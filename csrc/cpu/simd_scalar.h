@@ -2,7 +2,6 @@
 // interface of the AVX2/AVX-512 wrappers so kernels.h is written once.
 #pragma once
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -52,8 +51,9 @@ struct Scalar {
   static uint32_t nan_mask(reg x) { return std::isnan(x) ? 1u : 0u; }
   // Bit 0 set where grad_goes_to_a(a, b) (the gradient goes to A).
   static uint32_t le_mask(reg a, reg b) { return grad_goes_to_a(a, b) ? 1u : 0u; }
-  // dst[0, n) = src[0, n): ordinary stores here (no portable streaming store).
-  static void stream_copy(T* dst, const T* src, int64_t n) { std::copy(src, src + n, dst); }
+  // No portable non-temporal store: Kernels::stream_copy copies ordinarily.
+  static constexpr bool kStream = false;
+  static void stream_line(T*, const T*) {}
   static void stream_fence() {}
   // c = max(c, acc), elementwise over one vector at c.
   static void merge_max(T* c, reg acc) { *c = tmax(*c, acc); }
