@@ -135,6 +135,34 @@ def test_large_gradients_match_reference(isa, large_grad_case, shapes):
         assert torch.equal(dA, rA.to(dtype)) and torch.equal(dB, rB.to(dtype))
 
 
+# Products whose two gradients hold at most 4096 values are scattered whole,
+# several to a task (a video's per-pixel blocks); larger ones by rows of dA and
+# column tiles of dB. Both sides of that bound, each shape twice in a row (the
+# second call gets the first one's recycled memory, so every gradient must be
+# written whole), with small-integer upstream gradients (exact sums).
+WHOLE_BOUND_SHAPES = [
+    ((2560, 4, 16), (2560, 16, 16)),  # 2560 whole products, 64 to a task
+    ((300, 32, 64), (64, 32)),  # exactly at the bound: whole; B broadcast over the batch
+    ((3, 32, 64), (64, 33)),  # one column past it: rows and column tiles
+    ((2, 7, 1), (1, 9)),  # k = 1
+]
+
+
+@pytest.mark.parametrize("shapes", WHOLE_BOUND_SHAPES, ids=str)
+@pytest.mark.parametrize("kind", ["uniform", "ties", "inf"])
+def test_small_product_gradients_match_reference(isa, shapes, kind):
+    g = torch.Generator().manual_seed(sum(shapes[0]) + sum(shapes[1]))
+    A, B = rand(*shapes[0], kind=kind, gen=g), rand(*shapes[1], kind=kind, gen=g)
+    B3 = B.expand(A.shape[0], -1, -1)
+    _, idx = reference.minmax_matmul_argmax(A, B3)
+    for dtype in (torch.float32, torch.float64, torch.float32):
+        up = torch.randint(-3, 4, (A.shape[0], A.shape[1], B.shape[-1]), generator=g).to(dtype)
+        rA, rB = reference.minmax_matmul_backward(up, A.to(dtype), B3.to(dtype), idx)
+        dA, dB = _grads(A.to(dtype), B.to(dtype), up, "cpu")
+        assert torch.equal(dA, rA)
+        assert torch.equal(dB, rB if B.dim() == 3 else rB.sum(0))
+
+
 def test_tie_rules_by_hand():
     # All mins equal 1: the gradient goes to r = 0, and to A because A <= B there.
     A = torch.tensor([[1.0, 1.0, 1.0]], requires_grad=True)

@@ -3,6 +3,7 @@
 // once per ISA). Plain structs of pointers and sizes: no torch types cross it.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 
@@ -127,6 +128,17 @@ struct ScatterArgs {
   static constexpr int64_t kCols = 64;  // dB column tile of a task (its slab: k x kCols values)
   int64_t rows_tasks() const { return batch * m; }
   int64_t cols_tasks() const { return batch * ceil_div(n, kCols); }
+  // Products whose two gradients together hold at most kWholeElems values
+  // (16 KB in float32: they stay in L1) are scattered whole, several per
+  // task (Kernels::scatter_whole), about kWholeOutputs outputs each. Split
+  // into rows of dA and column tiles of dB, the 2560 products [4x16]x[16x16]
+  // of a video's per-pixel blocks made 12,800 tasks of 16 to 64 outputs, and
+  // each dB task zeroed and copied a k x kCols slab for 16 columns.
+  static constexpr int64_t kWholeElems = 4096;
+  static constexpr int64_t kWholeOutputs = 4096;
+  bool whole_products() const { return m * k + k * n <= kWholeElems; }
+  int64_t products_per_task() const { return std::max<int64_t>(1, kWholeOutputs / std::max<int64_t>(1, m * n)); }
+  int64_t whole_tasks() const { return ceil_div(batch, products_per_task()); }
 };
 
 template <class T>
@@ -138,6 +150,7 @@ struct KernelTable {
   void (*soft_grad)(const SoftGradArgs<T>&, int64_t task);
   void (*scatter_a)(const ScatterArgs<T>&, int64_t task);  // one row of dA per task
   void (*scatter_b)(const ScatterArgs<T>&, int64_t task);  // one column tile of dB per task
+  void (*scatter_whole)(const ScatterArgs<T>&, int64_t task);  // products_per_task() whole products per task
   void (*transpose)(const TransposeArgs<T>&, int64_t task);  // one block of kRows rows per task
 };
 

@@ -748,6 +748,30 @@ struct Kernels {
     }
   }
 
+  // ScatterArgs::whole_products(): products_per_task() whole products per
+  // task, each one's dA and dB zeroed and summed in place (they stay in L1)
+  // in one pass over its outputs. The winner's side picks the address
+  // without a branch: it is data, and a mispredicted branch per output would
+  // cost more than the add.
+  static void scatter_whole(const ScatterArgs<T>& p, int64_t task) {
+    const int64_t per = p.products_per_task();
+    const int64_t b_end = std::min(p.batch, (task + 1) * per);
+    for (int64_t bi = task * per; bi < b_end; ++bi) {
+      T* const da = p.da + bi * p.m * p.k;
+      T* const db = p.db + bi * p.k * p.n;
+      std::fill(da, da + p.m * p.k, T(0));
+      std::fill(db, db + p.k * p.n, T(0));
+      const int32_t* w = p.w + bi * p.m * p.n;
+      const T* g = p.g + bi * p.m * p.n;
+      for (int64_t i = 0; i < p.m; ++i, w += p.n, g += p.n)
+        for (int64_t j = 0; j < p.n; ++j) {
+          const int32_t e = w[j];
+          T* const to = winner_to_a(e) ? da + i * p.k + e : db + int64_t(~e) * p.n + j;
+          *to += g[j];
+        }
+    }
+  }
+
   // ------------------------------------------------------------ transpose
   // A block of 16 rows of X into columns of X^T: whole 16x16 blocks in
   // registers where the ISA can (V::kTranspose16), the rest through a tile.
@@ -767,7 +791,7 @@ struct Kernels {
   }
 
   static KernelTable<T> table(const char* name) {
-    return {name, &hard, &argmax, &soft_fwd, &soft_grad, &scatter_a, &scatter_b, &transpose};
+    return {name, &hard, &argmax, &soft_fwd, &soft_grad, &scatter_a, &scatter_b, &scatter_whole, &transpose};
   }
 };
 

@@ -214,8 +214,9 @@ std::tuple<at::Tensor, at::Tensor> hard_forward(const at::Tensor& A_in, const at
 }
 
 // Scatter of the hard gradient: each output's gradient goes to the one operand
-// element the forward recorded (encode_winner). Two kinds of task so that
-// every task owns what it writes: column tiles of dB, rows of dA.
+// element the forward recorded (encode_winner). Every task owns what it
+// writes: whole small products (ScatterArgs::whole_products), else column
+// tiles of dB and rows of dA.
 std::tuple<at::Tensor, at::Tensor> hard_backward(const at::Tensor& grad_in, const at::Tensor& A_in,
                                                  const at::Tensor& B_in, const at::Tensor& winners_in) {
   check_3d(A_in, B_in);
@@ -236,6 +237,10 @@ std::tuple<at::Tensor, at::Tensor> hard_backward(const at::Tensor& grad_in, cons
                               dB.data_ptr<scalar_t>(), batch, m, n, k};
       p.stream = (dA.numel() + dB.numel()) * int64_t(sizeof(scalar_t)) >= ScatterArgs<scalar_t>::kStreamBytes;
       const auto& kt = table_for<scalar_t>();
+      if (p.whole_products()) {
+        run_tasks(p.whole_tasks(), [&](int64_t t) { kt.scatter_whole(p, t); });
+        return;
+      }
       // One parallel region: the few long dB tasks first, then the many short
       // dA rows, taken by whichever thread is free (they write disjoint outputs).
       const int64_t n_b = p.cols_tasks();
