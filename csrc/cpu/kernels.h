@@ -489,8 +489,9 @@ struct Kernels {
   // of the soft loops in registers: with a runtime count they went through
   // the stack, a store-to-load round trip per term, which bounded narrow
   // products (the soft forward of 2560 batched 16-column products took 25-33%
-  // less). Whole groups keep their own loop, whose arrays the compiler holds
-  // in registers only when they are not captured.
+  // less). Whole groups call the same group function directly: run through
+  // this lambda too, their arrays left registers (the 1024^3 soft backward
+  // took 7% longer).
   template <class F>
   static inline __attribute__((always_inline)) void with_partial_group(int cols, F&& f) {
     constexpr int NV = V::soft_nv;
@@ -499,6 +500,25 @@ struct Kernels {
       case 2: f.template operator()<(NV < 2 ? NV : 2)>(); break;
       case 3: f.template operator()<(NV < 3 ? NV : 3)>(); break;
       default: f.template operator()<NV>(); break;
+    }
+  }
+
+  // One vector group of soft_fwd: acc[v] += the terms of the listed rows r of
+  // B (at bcol + r * ldb) for NVP vectors, of which `cols` columns are valid
+  // unless kWhole (all NVP * W). Inlined with its arrays: they stay in registers.
+  template <int NVP, bool kWhole>
+  static inline __attribute__((always_inline)) void soft_fwd_group(const int32_t* active, int64_t na, const T* arow,
+                                                                   const T* bcol, int64_t ldb, T scale, int cols,
+                                                                   const reg* hs, reg* acc) {
+    for (int64_t q = 0; q < na; ++q) {
+      const int64_t r = active[q];
+      const reg av = V::set1(arow[r] * scale);
+      const T* brow = bcol + r * ldb;
+#pragma GCC unroll 8
+      for (int v = 0; v < NVP; ++v) {
+        const reg b = kWhole ? V::load(brow + v * W) : V::load_partial(brow + v * W, cols - v * W, T(0));
+        acc[v] = V::add(acc[v], soft_term(hs[v], av, b));
+      }
     }
   }
 
@@ -539,29 +559,12 @@ struct Kernels {
           hs[v] = V::mul(V::load_partial(c + j0 + v * W, cols - v * W, T(0)), V::set1(p.scale));
           acc[v] = V::zero();
         }
-        if (cols == G) {
-          for (int64_t q = 0; q < na; ++q) {
-            const int64_t r = active[size_t(q)];
-            const reg av = V::set1(arow[r] * p.scale);
-            const T* brow = bs + r * p.n + j0;
-#pragma GCC unroll 8
-            for (int v = 0; v < NV; ++v) {
-              acc[v] = V::add(acc[v], soft_term(hs[v], av, V::load(brow + v * W)));
-            }
-          }
-        } else {
+        if (cols == G)
+          soft_fwd_group<NV, true>(active.data(), na, arow, bs + j0, p.n, p.scale, cols, hs, acc);
+        else
           with_partial_group(cols, [&]<int NVP>() __attribute__((always_inline)) {
-            for (int64_t q = 0; q < na; ++q) {
-              const int64_t r = active[size_t(q)];
-              const reg av = V::set1(arow[r] * p.scale);
-              const T* brow = bs + r * p.n + j0;
-#pragma GCC unroll 8
-              for (int v = 0; v < NVP; ++v) {
-                acc[v] = V::add(acc[v], soft_term(hs[v], av, V::load_partial(brow + v * W, cols - v * W, T(0))));
-              }
-            }
+            soft_fwd_group<NVP, false>(active.data(), na, arow, bs + j0, p.n, p.scale, cols, hs, acc);
           });
-        }
         T sum[G];
         for (int v = 0; v < NV; ++v) V::store_lanes(sum + v * W, acc[v]);
         for (int jj = 0; jj < cols; ++jj) {
@@ -573,6 +576,27 @@ struct Kernels {
   }
 
   // ------------------------------------------------------------ soft gradient
+  // One vector group of soft_grad: acc[v] += the terms of the listed rows i of
+  // C and g (at ccol / gcol + i * ld) for NVP vectors, as soft_fwd_group.
+  template <int NVP, bool kWhole>
+  static inline __attribute__((always_inline)) void soft_grad_group(const int32_t* active, int64_t na, const T* at,
+                                                                    const T* ccol, const T* gcol, int64_t ld, T scale,
+                                                                    int cols, const reg* bv, reg* acc) {
+    const reg sv = V::set1(scale);
+    for (int64_t q = 0; q < na; ++q) {
+      const int64_t i = active[q];
+      const reg av = V::set1(at[i] * scale);
+      const T* crow = ccol + i * ld;
+      const T* grow = gcol + i * ld;
+#pragma GCC unroll 8
+      for (int v = 0; v < NVP; ++v) {
+        const reg c = kWhole ? V::load(crow + v * W) : V::load_partial(crow + v * W, cols - v * W, T(0));
+        const reg gv = kWhole ? V::load(grow + v * W) : V::load_partial(grow + v * W, cols - v * W, T(0));
+        acc[v] = V::add(acc[v], soft_grad_term(V::mul(c, sv), av, bv[v], gv));
+      }
+    }
+  }
+
   // dC/dB for rows r of one task and the columns of one kSoftJT tile:
   //   dB[r, j] = sum_i g[i,j] * v * p^2,  u = exp2(c'-a'), v = exp2(c'-b'), p = 1/(u+v).
   // The rows i whose scaled A[i, r] lies below (min c' of the tile) - cut are
@@ -609,31 +633,12 @@ struct Kernels {
           bv[v] = V::mul(V::load_partial(brow + j0 + v * W, cols - v * W, T(0)), sv);
           acc[v] = V::zero();
         }
-        if (cols == G) {
-          for (int64_t q = 0; q < na; ++q) {
-            const int64_t i = active[size_t(q)];
-            const reg av = V::set1(at[i] * p.scale);
-#pragma GCC unroll 8
-            for (int v = 0; v < NV; ++v) {
-              const reg cv = V::mul(V::load(cs + i * p.n + j0 + v * W), sv);
-              acc[v] = V::add(acc[v], soft_grad_term(cv, av, bv[v], V::load(g + i * p.n + j0 + v * W)));
-            }
-          }
-        } else {
+        if (cols == G)
+          soft_grad_group<NV, true>(active.data(), na, at, cs + j0, g + j0, p.n, p.scale, cols, bv, acc);
+        else
           with_partial_group(cols, [&]<int NVP>() __attribute__((always_inline)) {
-            for (int64_t q = 0; q < na; ++q) {
-              const int64_t i = active[size_t(q)];
-              const reg av = V::set1(at[i] * p.scale);
-              const T* crow = cs + i * p.n + j0;
-              const T* grow = g + i * p.n + j0;
-#pragma GCC unroll 8
-              for (int v = 0; v < NVP; ++v) {
-                const reg cv = V::mul(V::load_partial(crow + v * W, cols - v * W, T(0)), sv);
-                acc[v] = V::add(acc[v], soft_grad_term(cv, av, bv[v], V::load_partial(grow + v * W, cols - v * W, T(0))));
-              }
-            }
+            soft_grad_group<NVP, false>(active.data(), na, at, cs + j0, g + j0, p.n, p.scale, cols, bv, acc);
           });
-        }
         store_row(db, j0, p.db_sj, acc, cols);
       }
     }
