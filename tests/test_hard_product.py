@@ -145,6 +145,7 @@ WHOLE_BOUND_SHAPES = [
     ((300, 32, 64), (64, 32)),  # exactly at the bound: whole; B broadcast over the batch
     ((3, 32, 64), (64, 33)),  # one column past it: rows and column tiles
     ((2, 7, 1), (1, 9)),  # k = 1
+    ((2, 300, 1), (1, 90)),  # k = 1, 27,000 outputs a product: past a task's worth, split
 ]
 
 

@@ -129,14 +129,16 @@ struct ScatterArgs {
   int64_t rows_tasks() const { return batch * m; }
   int64_t cols_tasks() const { return batch * ceil_div(n, kCols); }
   // Products whose two gradients together hold at most kWholeElems values
-  // (16 KB in float32: they stay in L1) are scattered whole, several per
-  // task (Kernels::scatter_whole), about kWholeOutputs outputs each. Split
+  // (16 KB in float32: they stay in L1) and that have at most kWholeOutputs
+  // outputs (a task's worth: a larger one, e.g. an outer product with k = 1,
+  // keeps the parallel split) are scattered whole, several per task
+  // (Kernels::scatter_whole), about kWholeOutputs outputs each. Split
   // into rows of dA and column tiles of dB, the 2560 products [4x16]x[16x16]
   // of a video's per-pixel blocks made 12,800 tasks of 16 to 64 outputs, and
   // each dB task zeroed and copied a k x kCols slab for 16 columns.
   static constexpr int64_t kWholeElems = 4096;
   static constexpr int64_t kWholeOutputs = 4096;
-  bool whole_products() const { return m * k + k * n <= kWholeElems; }
+  bool whole_products() const { return m * k + k * n <= kWholeElems && m * n <= kWholeOutputs; }
   int64_t products_per_task() const { return std::max<int64_t>(1, kWholeOutputs / std::max<int64_t>(1, m * n)); }
   int64_t whole_tasks() const { return ceil_div(batch, products_per_task()); }
 };
