@@ -135,11 +135,12 @@ def test_large_gradients_match_reference(isa, large_grad_case, shapes):
         assert torch.equal(dA, rA.to(dtype)) and torch.equal(dB, rB.to(dtype))
 
 
-# Products whose two gradients hold at most 4096 values are scattered whole,
-# several to a task (a video's per-pixel blocks); larger ones by rows of dA and
-# column tiles of dB. Both sides of that bound, each shape twice in a row (the
-# second call gets the first one's recycled memory, so every gradient must be
-# written whole), with small-integer upstream gradients (exact sums).
+# Products whose two gradients hold at most 4096 values, with at most 4096
+# outputs, are scattered whole, several to a task (a video's per-pixel blocks);
+# larger ones by rows of dA and column tiles of dB. Both sides of those bounds,
+# float32 twice with float64 between (the second float32 call gets the first
+# one's recycled memory, so every gradient must be written whole), with
+# small-integer upstream gradients (exact sums).
 WHOLE_BOUND_SHAPES = [
     ((2560, 4, 16), (2560, 16, 16)),  # 2560 whole products, 64 to a task
     ((300, 32, 64), (64, 32)),  # exactly at the bound: whole; B broadcast over the batch

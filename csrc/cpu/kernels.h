@@ -755,9 +755,9 @@ struct Kernels {
 
   // ScatterArgs::whole_products(): products_per_task() whole products per
   // task, each one's dA and dB zeroed and summed in place (they stay in L1)
-  // in one pass over its outputs. The winner's side picks the address
-  // without a branch: it is data, and a mispredicted branch per output would
-  // cost more than the add.
+  // in one pass over its outputs (so p.stream does not apply). The winner's
+  // side picks the address without a branch: it is data, and a mispredicted
+  // branch per output would cost more than the add.
   static void scatter_whole(const ScatterArgs<T>& p, int64_t task) {
     const int64_t per = p.products_per_task();
     const int64_t b_end = std::min(p.batch, (task + 1) * per);
