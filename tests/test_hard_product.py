@@ -165,6 +165,26 @@ def test_small_product_gradients_match_reference(isa, shapes, kind):
         assert torch.equal(dB, rB if B.dim() == 3 else rB.sum(0))
 
 
+@pytest.mark.parametrize("batch,m,k,n", [(4, 3, 5, 6), (1, 40, 50, 70)], ids=["small products", "tiled"])
+def test_maxima_that_stay_minus_inf_route_by_the_first_r(isa, batch, m, k, n):
+    # Every min of rows 0 and 1 is -inf, so their maxima are -inf and the
+    # winner is r = 0: row 0 has A = 5 > B = -inf there (the gradient goes to
+    # B), row 1 has A = B = -inf (a tie: to A).
+    g = torch.Generator().manual_seed(9)
+    A, B = torch.rand(batch, m, k, generator=g), torch.rand(k, n, generator=g)
+    B[0, :] = -math.inf
+    A[:, 0, :] = -math.inf
+    A[:, 0, 0] = 5.0
+    A[:, 1, :] = -math.inf
+    up = torch.randint(-3, 4, (batch, m, n), generator=g).float()
+    C, idx = reference.minmax_matmul_argmax(A, B.expand(batch, -1, -1))
+    assert bool((C[:, :2] == -math.inf).all()) and bool((idx[:, :2] == 0).all())
+    rA, rB = reference.minmax_matmul_backward(up, A, B.expand(batch, -1, -1), idx)
+    dA, dB = _grads(A, B, up, "cpu")
+    assert torch.equal(dA, rA) and torch.equal(dB, rB.sum(0))
+    assert bool((dB[0] != 0).any()) and bool((dA[:, 1, 0] != 0).any())  # both sides are exercised
+
+
 def test_tie_rules_by_hand():
     # All mins equal 1: the gradient goes to r = 0, and to A because A <= B there.
     A = torch.tensor([[1.0, 1.0, 1.0]], requires_grad=True)

@@ -85,7 +85,8 @@ struct Avx2 {
   // Bit l set where lane l is NaN.
   static uint32_t nan_mask(reg x) { return uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(x, x, _CMP_UNORD_Q))); }
   // Bit l set where grad_goes_to_a(a[l], b[l]) (the gradient goes to A).
-  static uint32_t le_mask(reg a, reg b) { return uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_LE_OQ))); }
+  static uint32_t le_mask(reg a, reg b) { return uint32_t(_mm256_movemask_ps(le_lanes(a, b))); }
+  static reg le_lanes(reg a, reg b) { return _mm256_cmp_ps(a, b, _CMP_LE_OQ); }
   // Non-temporal store of one 64-byte line at dst (64-byte aligned) from src
   // (see ScatterArgs::stream); stream_fence() orders such stores before a
   // task ends.
@@ -99,6 +100,14 @@ struct Avx2 {
   // ids[l] = sub where acc grew past its value before the sub-chunk.
   static void track(reg before, reg acc, int32_t* ids, int32_t sub) {
     _mm256_maskstore_epi32(ids, _mm256_castps_si256(_mm256_cmp_ps(acc, before, _CMP_GT_OQ)), _mm256_set1_epi32(sub));
+  }
+  // ids[l] = encode_winner(r, grad_goes_to_a(a[l], b[l])) where acc grew past
+  // before (in every lane when kEvery): r where the gradient goes to A, ~r elsewhere.
+  template <bool kEvery>
+  static void track_winner(reg before, reg acc, reg a, reg b, int32_t* ids, int32_t r) {
+    const __m256i at = kEvery ? _mm256_set1_epi32(-1) : _mm256_castps_si256(_mm256_cmp_ps(acc, before, _CMP_GT_OQ));
+    const __m256i to_b = _mm256_xor_si256(_mm256_castps_si256(le_lanes(a, b)), _mm256_set1_epi32(-1));
+    _mm256_maskstore_epi32(ids, at, _mm256_xor_si256(_mm256_set1_epi32(r), to_b));
   }
   // c = acc and idx = ids where acc strictly beats c (earlier chunks win ties).
   static void merge_max_track(float* c, int32_t* idx, reg acc, const int32_t* ids) {

@@ -157,6 +157,14 @@ struct Avx512 {
   static void track(reg before, reg acc, int32_t* ids, int32_t sub) {
     _mm512_mask_storeu_epi32(ids, _mm512_cmp_ps_mask(acc, before, _CMP_GT_OQ), _mm512_set1_epi32(sub));
   }
+  // ids[l] = encode_winner(r, grad_goes_to_a(a[l], b[l])) where acc grew past
+  // before (in every lane when kEvery).
+  template <bool kEvery>
+  static void track_winner(reg before, reg acc, reg a, reg b, int32_t* ids, int32_t r) {
+    const __mmask16 at = kEvery ? __mmask16(0xFFFF) : _mm512_cmp_ps_mask(acc, before, _CMP_GT_OQ);
+    const __m512i enc = _mm512_mask_blend_epi32(__mmask16(le_mask(a, b)), _mm512_set1_epi32(~r), _mm512_set1_epi32(r));
+    _mm512_mask_storeu_epi32(ids, at, enc);
+  }
   // c = acc and idx = ids where acc strictly beats c (earlier chunks win ties).
   static void merge_max_track(float* c, int32_t* idx, reg acc, const int32_t* ids) {
     const __mmask16 gt = _mm512_cmp_ps_mask(acc, _mm512_loadu_ps(c), _CMP_GT_OQ);

@@ -61,6 +61,12 @@ struct Scalar {
   static void track(reg before, reg acc, int32_t* ids, int32_t sub) {
     if (hard_replaces(acc, before)) *ids = sub;
   }
+  // *ids = encode_winner(r, grad_goes_to_a(a, b)) where acc grew past before
+  // (always when kEvery).
+  template <bool kEvery>
+  static void track_winner(reg before, reg acc, reg a, reg b, int32_t* ids, int32_t r) {
+    if (kEvery || hard_replaces(acc, before)) *ids = encode_winner(r, grad_goes_to_a(a, b));
+  }
   // c = acc and idx = ids where acc strictly beats c (earlier chunks win ties).
   static void merge_max_track(T* c, int32_t* idx, reg acc, const int32_t* ids) {
     if (hard_replaces(acc, *c)) {
