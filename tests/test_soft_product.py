@@ -131,6 +131,36 @@ def test_gradients_match_reference(isa, tau, kind):
         torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4 * want.abs().max().item() + 1e-7)
 
 
+# Products whose operands and output hold at most 4096 values together get
+# both gradients from one pass (a video's per-pixel blocks); larger ones take
+# the tiled path. Both sides of that bound, B broadcast over the batch or not.
+SMALL_SOFT_SHAPES = [
+    ((2560, 4, 16), (2560, 16, 16)),
+    ((3, 20, 50), (50, 33)),  # 3310 values: one pass, a partial vector of columns
+    ((3, 30, 50), (50, 40)),  # 4700 values: tiled
+    ((2, 7, 1), (1, 9)),  # k = 1
+]
+
+
+@pytest.mark.parametrize("shapes", SMALL_SOFT_SHAPES, ids=str)
+@pytest.mark.parametrize("kind", ["uniform", "wide", "inf"])
+def test_small_product_gradients_match_reference(isa, shapes, kind):
+    g = torch.Generator().manual_seed(sum(shapes[0]) + sum(shapes[1]))
+    A, B = rand(*shapes[0], kind=kind, gen=g), rand(*shapes[1], kind=kind, gen=g)
+    up = torch.randn(A.shape[0], A.shape[1], B.shape[-1], generator=g)
+    for tau in (0.01, 0.2):
+        dA, dB = _grads(A, B, up, tau, "cpu")
+        rA, rB = _grads(A.double(), B.double(), up.double(), tau, "reference")
+        # The kernels take exponents as differences of float32 values scaled
+        # by log2(e)/tau: each is off by up to an ulp of the largest, which
+        # bounds the relative error of a term (the tiled path has the same).
+        finite = torch.cat([A[A.isfinite()], B[B.isfinite()]]).abs().max().item()
+        rtol = max(1e-4, 4 * 2.0**-24 * finite * math.log2(math.e) / tau)
+        for got, want in ((dA, rA), (dB, rB)):
+            assert bool(torch.isfinite(got).all())
+            torch.testing.assert_close(got.double(), want, rtol=rtol, atol=rtol * want.abs().max().item() + 1e-7)
+
+
 def test_reference_backward_is_the_autograd_of_the_reference():
     g = torch.Generator().manual_seed(15)
     A = rand(1, 7, 11, dtype=torch.float64, gen=g).requires_grad_()

@@ -659,6 +659,51 @@ struct Kernels {
     }
   }
 
+  // SoftWholeArgs: both gradients of products_per_task() whole products per
+  // task, in one pass over the terms, no term skipped: per (i, r) and W
+  // columns j, u = 2^(c'-a'), v = 2^(c'-b'), q = g / (u+v)^2, and
+  //   dA[i, r] += sum_j q u,   dB[r, j] += q v
+  // (soft_grad_term's formula, whose exp2 pair here serves both gradients).
+  // Columns past n load g = 0, so they add nothing.
+  static void soft_grad_whole(const SoftWholeArgs<T>& p, int64_t task) {
+    const int64_t per = p.products_per_task();
+    const int64_t b_end = std::min(p.batch, (task + 1) * per);
+    const reg sv = V::set1(p.scale);
+    for (int64_t bi = task * per; bi < b_end; ++bi) {
+      const T* a = p.a + bi * p.m * p.k;
+      const T* b = p.b + bi * p.k * p.n;
+      const T* cs = p.cs + bi * p.m * p.n;
+      const T* g = p.g + bi * p.m * p.n;
+      T* const da = p.da + bi * p.m * p.k;
+      T* const db = p.db + bi * p.k * p.n;
+      std::fill(db, db + p.k * p.n, T(0));
+      for (int64_t i = 0; i < p.m; ++i) {
+        for (int64_t r = 0; r < p.k; ++r) {
+          const reg as = V::set1(a[i * p.k + r] * p.scale);
+          reg da_sum = V::zero();
+          for (int64_t j0 = 0; j0 < p.n; j0 += W) {
+            const int cols = int(std::min<int64_t>(W, p.n - j0));
+            const reg c = V::mul(V::load_partial(cs + i * p.n + j0, cols, T(0)), sv);
+            const reg bs = V::mul(V::load_partial(b + r * p.n + j0, cols, T(0)), sv);
+            const reg u = V::exp2(V::sub(c, as)), v = V::exp2(V::sub(c, bs));
+            const reg pr = V::rcp(V::add(u, v));
+            // u p and v p are <= 1 first, as in soft_grad_term: p^2 alone overflows
+            // where u + v is tiny (A or B at +inf), and g = 0 times it is NaN.
+            const reg gv = V::load_partial(g + i * p.n + j0, cols, T(0));
+            da_sum = V::add(da_sum, V::mul(gv, V::mul(V::mul(u, pr), pr)));
+            T* const dbr = db + r * p.n + j0;
+            V::store_partial(dbr, V::add(V::load_partial(dbr, cols, T(0)), V::mul(gv, V::mul(V::mul(v, pr), pr))), cols);
+          }
+          T lanes[W];
+          V::store_lanes(lanes, da_sum);
+          T total = 0;
+          for (int l = 0; l < W; ++l) total += lanes[l];
+          da[i * p.k + r] = total;
+        }
+      }
+    }
+  }
+
   // Stores `cols` accumulated values as elements j0.. of a row with element stride sj.
   template <int NV>
   static void store_row(T* row, int64_t j0, int64_t sj, const reg (&acc)[NV], int cols) {
@@ -816,7 +861,8 @@ struct Kernels {
   }
 
   static KernelTable<T> table(const char* name) {
-    return {name, &hard, &argmax, &soft_fwd, &soft_grad, &scatter_a, &scatter_b, &scatter_whole, &transpose};
+    return {name,       &hard,      &argmax,    &soft_fwd,      &soft_grad, &soft_grad_whole,
+            &scatter_a, &scatter_b, &scatter_whole, &transpose};
   }
 };
 

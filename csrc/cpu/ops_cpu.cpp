@@ -344,6 +344,17 @@ std::tuple<at::Tensor, at::Tensor> soft_backward(const at::Tensor& grad_in, cons
       C = C.masked_fill(not_finite, 0);
       G = G.masked_fill(not_finite, 0);
     }
+    if (SoftWholeArgs<scalar_t>::applies(m, n, k)) {  // small products: both gradients in one pass
+      const at::Tensor A = A_in.to(ct).contiguous(), B = B_in.to(ct).contiguous();
+      dA = empty_output({batch, m, k}, B.options());
+      dB = empty_output({batch, k, n}, B.options());
+      const SoftWholeArgs<scalar_t> p{A.data_ptr<scalar_t>(),  B.data_ptr<scalar_t>(),  C.data_ptr<scalar_t>(),
+                                      G.data_ptr<scalar_t>(),  dA.data_ptr<scalar_t>(), dB.data_ptr<scalar_t>(),
+                                      batch, m, n, k, scalar_t(s)};
+      const auto& kt = table_for<scalar_t>();
+      run_tasks(p.num_tasks(), [&](int64_t t) { kt.soft_grad_whole(p, t); });
+      return;
+    }
     const at::Tensor At = transposed_copy<scalar_t>(A_in.to(ct));  // [b,k,m]
     const at::Tensor B = B_in.to(ct).contiguous();                 // [b,k,n]
     dB = empty_output({batch, k, n}, B.options());
