@@ -694,11 +694,7 @@ struct Kernels {
             T* const dbr = db + r * p.n + j0;
             V::store_partial(dbr, V::add(V::load_partial(dbr, cols, T(0)), V::mul(gv, V::mul(V::mul(v, pr), pr))), cols);
           }
-          T lanes[W];
-          V::store_lanes(lanes, da_sum);
-          T total = 0;
-          for (int l = 0; l < W; ++l) total += lanes[l];
-          da[i * p.k + r] = total;
+          da[i * p.k + r] = V::hsum(da_sum);
         }
       }
     }

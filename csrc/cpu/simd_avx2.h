@@ -79,6 +79,11 @@ struct Avx2 {
     return _mm256_mul_ps(r, _mm256_fnmadd_ps(x, r, _mm256_set1_ps(2.0f)));
   }
   static void store_lanes(float* out, reg v) { _mm256_storeu_ps(out, v); }
+  static float hsum(reg v) {  // sum of the lanes, as a tree
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+  }
   static uint32_t eq_mask(reg x, float h) {
     return uint32_t(_mm256_movemask_ps(_mm256_cmp_ps(x, _mm256_set1_ps(h), _CMP_EQ_OQ)));
   }

@@ -72,6 +72,7 @@ struct Avx512 {
     return _mm512_mul_ps(r, _mm512_fnmadd_ps(x, r, _mm512_set1_ps(2.0f)));
   }
   static void store_lanes(float* out, reg v) { _mm512_storeu_ps(out, v); }
+  static float hsum(reg v) { return _mm512_reduce_add_ps(v); }  // sum of the lanes, as a tree
   static uint32_t eq_mask(reg x, float h) { return _mm512_cmp_ps_mask(x, _mm512_set1_ps(h), _CMP_EQ_OQ); }
   // Bit l set where lane l is NaN.
   static uint32_t nan_mask(reg x) { return _mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q); }

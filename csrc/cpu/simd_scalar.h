@@ -45,6 +45,7 @@ struct Scalar {
   }
   static reg rcp(reg x) { return T(1) / x; }
   static void store_lanes(T* out, reg v) { out[0] = v; }
+  static T hsum(reg v) { return v; }
   // Bit l set where lane l equals h.
   static uint32_t eq_mask(reg x, T h) { return x == h ? 1u : 0u; }
   // Bit 0 set where the value is NaN.
