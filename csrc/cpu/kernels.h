@@ -490,12 +490,17 @@ struct Kernels {
   // One term of the soft sum (tropical_common.h): 1 / (2^(h' - a') + 2^(h' - b')).
   static inline reg soft_term(reg hs, reg as, reg bs) { return V::rcp(V::add(V::exp2(V::sub(hs, as)), V::exp2(V::sub(hs, bs)))); }
 
+  // g * x p^2 for x = u or v, p = 1 / (u + v): x p (<= 1) first, since p^2
+  // alone overflows where u + v is tiny (A or B at +inf), and g = 0 times
+  // that is NaN.
+  static inline reg soft_grad_part(reg x, reg pr, reg g) { return V::mul(g, V::mul(V::mul(x, pr), pr)); }
+
   // One term of dC/dB: g * soft_grad_weight(v, p) with u = 2^(c' - a'),
   // v = 2^(c' - b'), p = 1 / (u + v).
   static inline reg soft_grad_term(reg cs, reg as, reg bs, reg g) {
     const reg w = V::exp2(V::sub(cs, bs));
     const reg pr = V::rcp(V::add(V::exp2(V::sub(cs, as)), w));
-    return V::mul(g, V::mul(V::mul(w, pr), pr));
+    return soft_grad_part(w, pr, g);
   }
 
   // For a group of V::soft_nv vectors of which only `cols` columns are
@@ -663,7 +668,7 @@ struct Kernels {
   // task, in one pass over the terms, no term skipped: per (i, r) and W
   // columns j, u = 2^(c'-a'), v = 2^(c'-b'), q = g / (u+v)^2, and
   //   dA[i, r] += sum_j q u,   dB[r, j] += q v
-  // (soft_grad_term's formula, whose exp2 pair here serves both gradients).
+  // (soft_grad_term's formula; here one exp2 pair serves both gradients).
   // Columns past n load g = 0, so they add nothing.
   static void soft_grad_whole(const SoftWholeArgs<T>& p, int64_t task) {
     const int64_t per = p.products_per_task();
@@ -687,12 +692,10 @@ struct Kernels {
             const reg bs = V::mul(V::load_partial(b + r * p.n + j0, cols, T(0)), sv);
             const reg u = V::exp2(V::sub(c, as)), v = V::exp2(V::sub(c, bs));
             const reg pr = V::rcp(V::add(u, v));
-            // u p and v p are <= 1 first, as in soft_grad_term: p^2 alone overflows
-            // where u + v is tiny (A or B at +inf), and g = 0 times it is NaN.
             const reg gv = V::load_partial(g + i * p.n + j0, cols, T(0));
-            da_sum = V::add(da_sum, V::mul(gv, V::mul(V::mul(u, pr), pr)));
+            da_sum = V::add(da_sum, soft_grad_part(u, pr, gv));
             T* const dbr = db + r * p.n + j0;
-            V::store_partial(dbr, V::add(V::load_partial(dbr, cols, T(0)), V::mul(gv, V::mul(V::mul(v, pr), pr))), cols);
+            V::store_partial(dbr, V::add(V::load_partial(dbr, cols, T(0)), soft_grad_part(v, pr, gv)), cols);
           }
           da[i * p.k + r] = V::hsum(da_sum);
         }
