@@ -37,6 +37,12 @@ constexpr int64_t kSoftRowsPerTask = 8;
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Whole products a task takes when each holds `work` units (outputs, terms)
+// and a task should hold about `budget` of them: at least one.
+inline int64_t products_per_task(int64_t budget, int64_t work) {
+  return std::max<int64_t>(1, budget / std::max<int64_t>(1, work));
+}
+
 template <class T>
 struct HardArgs {
   const T* a;  // A[b, i, r] at a + b*a_sb + i*a_si + r*a_sr (any strides, 0 for broadcast)
@@ -128,7 +134,7 @@ struct SoftWholeArgs {
   static constexpr int64_t kMaxElems = 4096;
   static constexpr int64_t kTaskTerms = int64_t(1) << 16;
   static bool applies(int64_t m, int64_t n, int64_t k) { return m * k + k * n + m * n <= kMaxElems; }
-  int64_t products_per_task() const { return std::max<int64_t>(1, kTaskTerms / std::max<int64_t>(1, m * n * k)); }
+  int64_t products_per_task() const { return cpu::products_per_task(kTaskTerms, m * n * k); }
   int64_t num_tasks() const { return ceil_div(batch, products_per_task()); }
 };
 
@@ -162,7 +168,7 @@ struct ScatterArgs {
   static constexpr int64_t kWholeElems = 4096;
   static constexpr int64_t kWholeOutputs = 4096;
   bool whole_products() const { return m * k + k * n <= kWholeElems && m * n <= kWholeOutputs; }
-  int64_t products_per_task() const { return std::max<int64_t>(1, kWholeOutputs / std::max<int64_t>(1, m * n)); }
+  int64_t products_per_task() const { return cpu::products_per_task(kWholeOutputs, m * n); }
   int64_t whole_tasks() const { return ceil_div(batch, products_per_task()); }
 };
 

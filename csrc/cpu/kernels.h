@@ -221,8 +221,8 @@ struct Kernels {
     const int64_t npad = ceil_div(p.n, W) * W;
     const bool in_place = p.b_sj == 1 && p.n == npad;
     if (!in_place) bbuf.resize(size_t(std::max<int64_t>(p.k * npad, 1)));
-    const int64_t b_end = std::min(p.batch, (task + 1) * HardArgs<T>::kSmallBatch);
-    for (int64_t bi = task * HardArgs<T>::kSmallBatch; bi < b_end; ++bi) {
+    constexpr int64_t per = HardArgs<T>::kSmallBatch;
+    for (int64_t bi = task * per, b_end = std::min(p.batch, bi + per); bi < b_end; ++bi) {
       const T* a = p.a + bi * p.a_sb;
       const T* b = p.b + bi * p.b_sb;
       // scan_packed only looks for NaN here: this path keeps the float min.
@@ -672,9 +672,8 @@ struct Kernels {
   // Columns past n load g = 0, so they add nothing.
   static void soft_grad_whole(const SoftWholeArgs<T>& p, int64_t task) {
     const int64_t per = p.products_per_task();
-    const int64_t b_end = std::min(p.batch, (task + 1) * per);
     const reg sv = V::set1(p.scale);
-    for (int64_t bi = task * per; bi < b_end; ++bi) {
+    for (int64_t bi = task * per, b_end = std::min(p.batch, bi + per); bi < b_end; ++bi) {
       const T* a = p.a + bi * p.m * p.k;
       const T* b = p.b + bi * p.k * p.n;
       const T* cs = p.cs + bi * p.m * p.n;
@@ -820,8 +819,7 @@ struct Kernels {
   // output (2560 products [4x16]x[16x16]: 0.41 ms, indexed 0.17 ms).
   static void scatter_whole(const ScatterArgs<T>& p, int64_t task) {
     const int64_t per = p.products_per_task();
-    const int64_t b_end = std::min(p.batch, (task + 1) * per);
-    for (int64_t bi = task * per; bi < b_end; ++bi) {
+    for (int64_t bi = task * per, b_end = std::min(p.batch, bi + per); bi < b_end; ++bi) {
       T* const da = p.da + bi * p.m * p.k;
       T* const db = p.db + bi * p.k * p.n;
       std::fill(da, da + p.m * p.k, T(0));
