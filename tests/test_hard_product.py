@@ -235,6 +235,18 @@ def test_deep_products_bit_identical(isa, m, k, n, kind):
     check_exact(rand(m, k, kind=kind, gen=g), rand(k, n, kind=kind, gen=g))
 
 
+@pytest.mark.parametrize("k", [1024, 1030])
+@pytest.mark.parametrize("kind", ["uniform", "ties"])
+def test_search_through_streamed_copy_of_b(isa, k, kind):
+    # Transposed copies of 4 MB or more are written with non-temporal stores
+    # where each row of the copy starts a cache line (k a multiple of 16), and
+    # with ordinary stores where not; the winner search reads the copy right after.
+    g = torch.Generator().manual_seed(k)
+    B = rand(k, 1024, kind=kind, gen=g)
+    assert B.numel() * 4 >= 4 << 20  # past the kernels' streaming threshold
+    check_exact(rand(40, k, kind=kind, gen=g), B)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_small_products_read_b_in_place_or_gathered(isa, kind):
     # Many small products (n <= 32) take their own path, which reads B's rows

@@ -26,8 +26,10 @@ constexpr int64_t kHardNC = 256;
 constexpr int64_t kHardKC = 1024;
 // When the argmax is wanted, the register tile also notes in which kHardSub-deep
 // sub-chunk its running max last grew (one compare per accumulator and
-// sub-chunk against a copy held in registers; Kernels::micro_tracked). The
-// exact r is then one vector compare of kHardSub values away (Kernels::argmax).
+// sub-chunk against its value before, held in registers; Kernels::micro_tracked),
+// as the sub-chunk's first r: the winner search addresses the operands with it
+// as it is. The exact r is then one vector compare of kHardSub values away
+// (Kernels::argmax).
 constexpr int64_t kHardSub = 16;
 static_assert(kHardKC % kHardSub == 0, "depth chunks hold whole sub-chunks");
 
@@ -50,7 +52,7 @@ struct HardArgs {
   const T* b;  // B[b, r, j]
   int64_t b_sb, b_sr, b_sj;
   T* c;          // contiguous [batch, m, n]
-  int32_t* sub;  // nullable; contiguous [batch, m, n]: the kHardSub-deep sub-chunk of the first max
+  int32_t* sub;  // nullable; contiguous [batch, m, n]: first r of the kHardSub-deep sub-chunk of the first max
                  // (small() products: the encoded winner itself, see Kernels::hard_small)
   int64_t batch, m, n, k, mc;
   // Nullable: set to 1 when an operand holds NaN. The operands are checked as
@@ -77,7 +79,7 @@ struct ArgmaxArgs {
   const T* bt;   // B[b, r, j] at bt + b*bt_sb + j*bt_sj + r*bt_sr (a contiguous transpose: bt_sr == 1)
   int64_t bt_sb, bt_sj, bt_sr;
   const T* c;    // contiguous [batch, m, n]
-  int32_t* idx;  // in: winning sub-chunk (HardArgs::sub), out: encode_winner(first r reaching C, A <= B there)
+  int32_t* idx;  // in: winning sub-chunk's first r (HardArgs::sub), out: encode_winner(first r reaching C, A <= B there)
   int64_t batch, m, n, k;
   // kRows rows of outputs per task. An output needs one sub-chunk of a row of
   // A and of a row of B^T (a cache line each at kHardSub = 16 floats), both
@@ -146,14 +148,11 @@ struct ScatterArgs {
   T* da;             // contiguous [batch, m, k], written whole
   T* db;             // contiguous [batch, k, n], written whole
   int64_t batch, m, n, k;
-  // Write dA and dB with non-temporal stores. Set for large gradients: each
-  // is written once, whole, so an ordinary store would first read every line
-  // for ownership and then evict the winners and upstream gradient this pass
-  // still reads. At 1024^3 (8 MB of gradients) the scatter took 12-22% less
-  // time (in-process A/B); below kStreamBytes the gradients stay in cache for
-  // their consumer.
+  // Write dA and dB with non-temporal stores; set when they hold kStreamBytes
+  // or more (each is written once, whole, while this pass still reads the
+  // winners and upstream gradient). At 1024^3 (8 MB of gradients) the scatter
+  // took 12-22% less time (in-process A/B).
   bool stream = false;
-  static constexpr int64_t kStreamBytes = int64_t(4) << 20;
   static constexpr int64_t kCols = 64;  // dB column tile of a task (its slab: k x kCols values)
   int64_t rows_tasks() const { return batch * m; }
   int64_t cols_tasks() const { return batch * ceil_div(n, kCols); }

@@ -122,7 +122,9 @@ template <class T>
 TransposeArgs<T> transpose_args(const at::Tensor& X, at::Tensor& out) {
   const int64_t batch = X.size(0), k = X.size(1), n = X.size(2);
   if (!out.defined()) out = empty_output({batch, n, k}, X.options());  // recycled memory: no page faults per call
-  return {X.data_ptr<T>(), X.stride(0), X.stride(1), X.stride(2), out.data_ptr<T>(), batch, k, n};
+  TransposeArgs<T> p{X.data_ptr<T>(), X.stride(0), X.stride(1), X.stride(2), out.data_ptr<T>(), batch, k, n};
+  p.stream = out.numel() * int64_t(sizeof(T)) >= kStreamBytes;
+  return p;
 }
 
 // X^T, contiguous, in `out` when given.
@@ -235,7 +237,7 @@ std::tuple<at::Tensor, at::Tensor> hard_backward(const at::Tensor& grad_in, cons
     AT_DISPATCH_FLOATING_TYPES(ct, "vico_flow_hard_backward", [&] {
       ScatterArgs<scalar_t> p{G.data_ptr<scalar_t>(), win.data_ptr<int32_t>(), dA.data_ptr<scalar_t>(),
                               dB.data_ptr<scalar_t>(), batch, m, n, k};
-      p.stream = (dA.numel() + dB.numel()) * int64_t(sizeof(scalar_t)) >= ScatterArgs<scalar_t>::kStreamBytes;
+      p.stream = (dA.numel() + dB.numel()) * int64_t(sizeof(scalar_t)) >= kStreamBytes;
       const auto& kt = table_for<scalar_t>();
       if (p.whole_products()) {
         run_tasks(p.whole_tasks(), [&](int64_t t) { kt.scatter_whole(p, t); });

@@ -102,9 +102,9 @@ struct Avx2 {
   }
   static void stream_fence() { _mm_sfence(); }
   static void merge_max(float* c, reg acc) { _mm256_storeu_ps(c, _mm256_max_ps(_mm256_loadu_ps(c), acc)); }
-  // ids[l] = sub where acc grew past its value before the sub-chunk.
-  static void track(reg before, reg acc, int32_t* ids, int32_t sub) {
-    _mm256_maskstore_epi32(ids, _mm256_castps_si256(_mm256_cmp_ps(acc, before, _CMP_GT_OQ)), _mm256_set1_epi32(sub));
+  // ids[l] = id where acc grew past its value before the sub-chunk.
+  static void track(reg before, reg acc, int32_t* ids, int32_t id) {
+    _mm256_maskstore_epi32(ids, _mm256_castps_si256(_mm256_cmp_ps(acc, before, _CMP_GT_OQ)), _mm256_set1_epi32(id));
   }
   // ids[l] = encode_winner(r, grad_goes_to_a(a[l], b[l])) where acc grew past
   // before (in every lane when kEvery): r where the gradient goes to A, ~r elsewhere.

@@ -79,7 +79,7 @@ struct Avx512 {
   // Bit l set where grad_goes_to_a(a[l], b[l]) (the gradient goes to A).
   static uint32_t le_mask(reg a, reg b) { return _mm512_cmp_ps_mask(a, b, _CMP_LE_OQ); }
   // Pass 2 of the winner search for 16 outputs (Kernels::encode_winners):
-  // idx[l] = encode_winner(idx[l] * sub + t, le bit t) with t the lowest set
+  // idx[l] = encode_winner(idx[l] + t, le bit t) with t the lowest set
   // bit of eq[l] | (1 << (sub - 1)). The lowest bit is isolated (x & -x) and
   // its position read off the float exponent: exact for sub <= 24.
   static void encode_winners(const uint16_t* eq, const uint16_t* le, int32_t* idx, int32_t sub) {
@@ -90,7 +90,7 @@ struct Avx512 {
     const __m512i t = _mm512_sub_epi32(_mm512_srli_epi32(_mm512_castps_si512(_mm512_cvtepi32_ps(low)), 23),
                                        _mm512_set1_epi32(127));
     const __mmask16 to_b = _mm512_testn_epi32_mask(l, low);
-    const __m512i r = _mm512_add_epi32(_mm512_mullo_epi32(_mm512_loadu_si512(idx), _mm512_set1_epi32(sub)), t);
+    const __m512i r = _mm512_add_epi32(_mm512_loadu_si512(idx), t);
     _mm512_storeu_si512(idx, _mm512_mask_xor_epi32(r, to_b, r, _mm512_set1_epi32(-1)));  // ~r: to B
   }
   // Scatter of the hard gradient, W outputs at a time: the lanes whose winner
@@ -122,8 +122,9 @@ struct Avx512 {
     return __builtin_popcount(unsigned(keep));
   }
   // dst[j * ld + i] = src[i * ls + j] for a 16x16 block: unpacks, then
-  // in-lane and cross-lane shuffles (4 stages of 16 instructions).
-  static void transpose16(const float* src, int64_t ls, float* dst, int64_t ld) {
+  // in-lane and cross-lane shuffles (4 stages of 16 instructions). `stream`:
+  // non-temporal stores (each row of dst then starts a 64-byte line).
+  static void transpose16(const float* src, int64_t ls, float* dst, int64_t ld, bool stream) {
     reg r[16], t[16];
     for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ls);
     for (int i = 0; i < 8; ++i) {
@@ -145,7 +146,11 @@ struct Avx512 {
       r[j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0x88);
       r[8 + j] = _mm512_shuffle_f32x4(t[j], t[8 + j], 0xdd);
     }
-    for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ld, r[i]);
+    if (stream) {
+      for (int i = 0; i < 16; ++i) _mm512_stream_ps(dst + i * ld, r[i]);
+    } else {
+      for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ld, r[i]);
+    }
   }
   // Non-temporal store of one 64-byte line at dst (64-byte aligned) from src
   // (see ScatterArgs::stream); stream_fence() orders such stores before a
@@ -154,9 +159,9 @@ struct Avx512 {
   static void stream_line(float* dst, const float* src) { _mm512_stream_ps(dst, _mm512_loadu_ps(src)); }
   static void stream_fence() { _mm_sfence(); }
   static void merge_max(float* c, reg acc) { _mm512_storeu_ps(c, _mm512_max_ps(_mm512_loadu_ps(c), acc)); }
-  // ids[l] = sub where acc grew past its value before the sub-chunk.
-  static void track(reg before, reg acc, int32_t* ids, int32_t sub) {
-    _mm512_mask_storeu_epi32(ids, _mm512_cmp_ps_mask(acc, before, _CMP_GT_OQ), _mm512_set1_epi32(sub));
+  // ids[l] = id where acc grew past its value before the sub-chunk.
+  static void track(reg before, reg acc, int32_t* ids, int32_t id) {
+    _mm512_mask_storeu_epi32(ids, _mm512_cmp_ps_mask(acc, before, _CMP_GT_OQ), _mm512_set1_epi32(id));
   }
   // ids[l] = encode_winner(r, grad_goes_to_a(a[l], b[l])) where acc grew past
   // before (in every lane when kEvery).

@@ -58,9 +58,9 @@ struct Scalar {
   static void stream_fence() {}
   // c = max(c, acc), elementwise over one vector at c.
   static void merge_max(T* c, reg acc) { *c = tmax(*c, acc); }
-  // *ids = sub where acc grew past its value before the sub-chunk.
-  static void track(reg before, reg acc, int32_t* ids, int32_t sub) {
-    if (hard_replaces(acc, before)) *ids = sub;
+  // *ids = id where acc grew past its value before the sub-chunk.
+  static void track(reg before, reg acc, int32_t* ids, int32_t id) {
+    if (hard_replaces(acc, before)) *ids = id;
   }
   // *ids = encode_winner(r, grad_goes_to_a(a, b)) where acc grew past before
   // (always when kEvery).
