@@ -259,6 +259,16 @@ def test_small_products_read_b_in_place_or_gathered(isa, kind):
         check_exact(A, B)
 
 
+@pytest.mark.parametrize("batch,m,k,n", [(5, 64, 256, 30), (3, 17, 1, 32), (40, 3, 0, 5)])
+def test_small_products_split_by_work(isa, batch, m, k, n):
+    # The small-product path gives each task about the same number of triples
+    # (several products when they are tiny, one each when they are large): a
+    # few large products run one per task, and an empty depth still writes
+    # every output (-inf, winner 0).
+    g = torch.Generator().manual_seed(batch * 1000 + k)
+    check_exact(rand(batch, m, k, gen=g), rand(batch, k, n, gen=g))
+
+
 @pytest.mark.parametrize("with_argmax", [False, True])
 def test_blocks_on_both_instruction_paths(isa, with_argmax):
     # Each cache block of the CPU kernel picks its min instruction from what

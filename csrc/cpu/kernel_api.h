@@ -60,16 +60,21 @@ struct HardArgs {
   // needs no separate pass over them to refuse NaN.
   std::atomic<int>* nan_seen = nullptr;
   // Many small products (n below one register tile, k up to kSmallMaxK, e.g.
-  // the per-pixel temporal blocks of a video): a task takes kSmallBatch whole
-  // products and skips the cache tiling, whose padding would waste most lanes.
-  // (kSmallMaxK is the bound from when depth chunks were 256 deep; the path
-  // holds a whole product's B in a buffer, so it stays small.)
-  static constexpr int64_t kSmallBatch = 32;
+  // the per-pixel temporal blocks of a video): a task takes whole products,
+  // about kSmallTaskTerms triples of them (32 per-pixel blocks [4x16]x[16x16]),
+  // and skips the cache tiling, whose padding would waste most lanes. (With a
+  // fixed 32 products a task, a batch of up to 32 products ran on one thread
+  // whatever their size: 8 products [64x256]x[256x32] with winners took 0.31
+  // ms, split 0.20.) kSmallMaxK is the bound from when depth chunks were
+  // 256 deep; the path holds a whole product's B in a buffer, so it stays small.
+  static constexpr int64_t kSmallTaskTerms = int64_t(1) << 15;
   static constexpr int64_t kSmallMaxK = 256;
   static bool small_shape(int64_t m, int64_t n, int64_t k) { return n <= 32 && k <= kSmallMaxK && m <= 64; }
   bool small() const { return small_shape(m, n, k); }
+  // Products a small() task takes (an empty depth still writes every output).
+  int64_t products_per_task() const { return cpu::products_per_task(kSmallTaskTerms, m * n * std::max<int64_t>(k, 1)); }
   int64_t num_tasks() const {
-    return small() ? ceil_div(batch, kSmallBatch) : batch * ceil_div(m, mc) * ceil_div(n, kHardNC);
+    return small() ? ceil_div(batch, products_per_task()) : batch * ceil_div(m, mc) * ceil_div(n, kHardNC);
   }
 };
 

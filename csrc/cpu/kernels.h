@@ -245,7 +245,7 @@ struct Kernels {
     const int64_t npad = ceil_div(p.n, W) * W;
     const bool in_place = p.b_sj == 1 && p.n == npad;
     if (!in_place) bbuf.resize(size_t(std::max<int64_t>(p.k * npad, 1)));
-    constexpr int64_t per = HardArgs<T>::kSmallBatch;
+    const int64_t per = p.products_per_task();
     for (int64_t bi = task * per, b_end = std::min(p.batch, bi + per); bi < b_end; ++bi) {
       const T* a = p.a + bi * p.a_sb;
       const T* b = p.b + bi * p.b_sb;
