@@ -17,19 +17,39 @@ FUNCS = {
 }
 
 
+# The product ops take operands with the same batch dims, none to several.
+OP_BATCHES = [(), (2,), (2, 1)]
+
+
+@pytest.mark.parametrize("batch", OP_BATCHES, ids=str)
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
-def test_opcheck(backend):
-    A = torch.rand(2, 5, 7, dtype=torch.float64, requires_grad=True)
-    B = torch.rand(2, 7, 3, dtype=torch.float64, requires_grad=True)
+def test_opcheck(backend, batch):
+    A = torch.rand(*batch, 5, 7, dtype=torch.float64, requires_grad=True)
+    B = torch.rand(*batch, 7, 3, dtype=torch.float64, requires_grad=True)
     ops = torch.ops.vico_flow
     torch.library.opcheck(ops.minmax_mm.default, (A, B, backend, True))
     torch.library.opcheck(ops.minmax_mm.default, (A.detach(), B.detach(), backend, False))
     torch.library.opcheck(ops.soft_minmax_mm.default, (A, B, 0.1, backend))
-    g = torch.rand(2, 5, 3, dtype=torch.float64)
+    g = torch.rand(*batch, 5, 3, dtype=torch.float64)
     _, idx = ops.minmax_mm(A.detach(), B.detach(), backend, True)
     C = ops.soft_minmax_mm(A.detach(), B.detach(), 0.1, backend)
     torch.library.opcheck(ops.minmax_mm_backward.default, (g, A.detach(), B.detach(), idx, backend))
     torch.library.opcheck(ops.soft_minmax_mm_backward.default, (g, A.detach(), B.detach(), C, 0.1, backend))
+
+
+@pytest.mark.parametrize("name", sorted(FUNCS))
+def test_no_autograd_nodes_beside_the_op(name):
+    # Operands whose batch dims already agree reach the op as they are: an
+    # expand or reshape in the public function would be one more node for
+    # every backward to run. Broadcast batch dims need (and get) an expand.
+    A = torch.rand(5, 7, requires_grad=True)
+    B = torch.rand(7, 3, requires_grad=True)
+    C = FUNCS[name](A, B)
+    assert "minmax_mm" in type(C.grad_fn).__name__.lower()
+    assert {type(f).__name__ for f, _ in C.grad_fn.next_functions if f is not None} == {"AccumulateGrad"}
+    C = FUNCS[name](torch.rand(2, 5, 7), B)
+    assert "minmax_mm" in type(C.grad_fn).__name__.lower()
+    assert [type(f).__name__ for f, _ in C.grad_fn.next_functions if f is not None] == ["ExpandBackward0"]
 
 
 def test_torch_compile_forward_and_backward():
@@ -83,7 +103,7 @@ def test_bad_inputs_raise_clear_errors(name):
     _raises(ValueError, r"batch dimensions.*\(2,\).*\(3,\).*do not broadcast", f, torch.rand(2, 3, 4), torch.rand(3, 4, 5))
     A_nan = A.clone()
     A_nan[1, 2] = math.nan
-    _raises(ValueError, r"A contains NaN \(first at index \(0, 1, 2\)\)", f, A_nan, B)
+    _raises(ValueError, r"A contains NaN \(first at index \(1, 2\)\)", f, A_nan, B)  # the caller's index
     B_nan = B.clone()
     B_nan[0, 0] = math.nan
     _raises(ValueError, r"B contains NaN", f, A, B_nan)
@@ -116,7 +136,7 @@ def test_cpu_kernels_refuse_nan_anywhere(isa, shape, in_a, where, dtype, name, g
     target = A if in_a else B
     flat = int(where * target.numel())
     target.view(-1)[flat] = math.nan
-    # indices name the flattened [batch, rows, cols] operand (B broadcast to the batch)
+    # indices name the operand with its batch dims broadcast (B expanded to A's)
     index = tuple(int(v) for v in torch.nonzero(torch.isnan(A if in_a else B.expand(2, k, n)))[0])
     A.requires_grad_(grad)
     B.requires_grad_(grad)
