@@ -35,6 +35,14 @@ def test_opcheck(backend, batch):
     C = ops.soft_minmax_mm(A.detach(), B.detach(), 0.1, backend)
     torch.library.opcheck(ops.minmax_mm_backward.default, (g, A.detach(), B.detach(), idx, backend))
     torch.library.opcheck(ops.soft_minmax_mm_backward.default, (g, A.detach(), B.detach(), C, 0.1, backend))
+    if backend == "cpu":  # the CPU backend's own backward ops (what its autograd formulas call)
+        args = (g, A.detach(), B.detach())
+        torch.library.opcheck(ops.minmax_mm_backward_cpu.default, (*args, idx))
+        torch.library.opcheck(ops.soft_minmax_mm_backward_cpu.default, (*args, C, 0.1))
+        for native, generic in ((ops.minmax_mm_backward_cpu(*args, idx), ops.minmax_mm_backward(*args, idx, "cpu")),
+                                (ops.soft_minmax_mm_backward_cpu(*args, C, 0.1),
+                                 ops.soft_minmax_mm_backward(*args, C, 0.1, "cpu"))):
+            assert all(torch.equal(x, y) for x, y in zip(native, generic))
 
 
 @pytest.mark.parametrize("name", sorted(FUNCS))
@@ -177,7 +185,7 @@ def test_hard_backward_does_not_build_a_gradient_for_the_winners():
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         out.backward(torch.ones_like(out))
     names = {e.key for e in prof.key_averages()}
-    assert "vico_flow::minmax_mm_backward" in names
+    assert "vico_flow::minmax_mm_backward_cpu" in names  # the CPU backend's backward op
     assert not names & {"aten::zeros", "aten::zero_", "aten::zeros_like"}, sorted(names)
     rA, rB = torch.autograd.grad(reference.minmax_matmul(A, B).sum(), (A, B))
     assert torch.equal(A.grad, rA) and torch.equal(B.grad, rB)

@@ -17,6 +17,8 @@ Ops (namespace ``vico_flow``):
     soft_minmax_mm(A, B, tau, backend) -> C
     soft_minmax_mm_backward(grad, A, B, C, tau, backend) -> (dA, dB)
     minmax_chain(F, Ws, tau, soft, backend) -> F (max,min) W_0 (max,min) W_1 ...
+    minmax_mm_backward_cpu(grad, A, B, winners), soft_minmax_mm_backward_cpu(grad, A, B, C, tau):
+        the CPU backend's backward (defined by the compiled extension)
 
 `winners` (int32 per output, empty when with_argmax is False) holds the first
 r reaching the max, as r when the gradient goes to A and ~r when it goes to B
@@ -118,7 +120,10 @@ def _minmax_bwd(ctx, grad_c, _grad_argmax):
             "vico_flow::minmax_mm was called with with_argmax=False, so it kept no argmax to route "
             "gradients; call vico_flow.minmax_matmul (it asks for the argmax whenever an input requires grad)"
         )
-    dA, dB = _minmax_mm_backward(grad_c.contiguous(), A, B, argmax, ctx.backend)
+    if ctx.backend == "cpu":
+        dA, dB = torch.ops.vico_flow.minmax_mm_backward_cpu.default(grad_c, A, B, argmax)
+    else:
+        dA, dB = _minmax_mm_backward(grad_c.contiguous(), A, B, argmax, ctx.backend)
     return dA, dB, None, None
 
 
@@ -159,11 +164,30 @@ def _soft_setup(ctx, inputs, output):
 
 def _soft_bwd(ctx, grad_c):
     A, B, C = ctx.saved_tensors
-    dA, dB = _soft_minmax_mm_backward(grad_c.contiguous(), A, B, C, ctx.tau, ctx.backend)
+    if ctx.backend == "cpu":
+        dA, dB = torch.ops.vico_flow.soft_minmax_mm_backward_cpu.default(grad_c, A, B, C, ctx.tau)
+    else:
+        dA, dB = _soft_minmax_mm_backward(grad_c.contiguous(), A, B, C, ctx.tau, ctx.backend)
     return dA, dB, None, None
 
 
 _soft_minmax_mm.register_autograd(_soft_bwd, setup_context=_soft_setup)
+
+
+# --------------------------------------------------------------------------- CPU backward ops
+# The CPU backend's backward ops, which the autograd formulas above call for
+# that backend, are defined by the compiled extension with their CPU kernels
+# (csrc/cpu/ops_cpu.cpp: reached through the dispatcher alone, without the
+# Python layers of a custom op); their fake kernels are here.
+if _backends.compiled_extension() is not None:
+
+    @torch.library.register_fake("vico_flow::minmax_mm_backward_cpu")
+    def _(grad, A, B, winners):
+        return A.new_empty(A.shape), B.new_empty(B.shape)
+
+    @torch.library.register_fake("vico_flow::soft_minmax_mm_backward_cpu")
+    def _(grad, A, B, C, tau):
+        return A.new_empty(A.shape), B.new_empty(B.shape)
 
 
 # --------------------------------------------------------------------------- public API
