@@ -2,6 +2,7 @@
 backends, and a clear error for every bad input."""
 import math
 import re
+import sys
 
 import pytest
 import torch
@@ -35,14 +36,46 @@ def test_opcheck(backend, batch):
     C = ops.soft_minmax_mm(A.detach(), B.detach(), 0.1, backend)
     torch.library.opcheck(ops.minmax_mm_backward.default, (g, A.detach(), B.detach(), idx, backend))
     torch.library.opcheck(ops.soft_minmax_mm_backward.default, (g, A.detach(), B.detach(), C, 0.1, backend))
-    if backend == "cpu":  # the CPU backend's own backward ops (what its autograd formulas call)
+    if backend == "cpu":  # the CPU backend's own ops (what the public functions call; autograd in C++)
+        torch.library.opcheck(ops.minmax_mm_cpu.default, (A, B, True))
+        torch.library.opcheck(ops.minmax_mm_cpu.default, (A.detach(), B.detach(), False))
+        torch.library.opcheck(ops.soft_minmax_mm_cpu.default, (A, B, 0.1))
         args = (g, A.detach(), B.detach())
         torch.library.opcheck(ops.minmax_mm_backward_cpu.default, (*args, idx))
         torch.library.opcheck(ops.soft_minmax_mm_backward_cpu.default, (*args, C, 0.1))
-        for native, generic in ((ops.minmax_mm_backward_cpu(*args, idx), ops.minmax_mm_backward(*args, idx, "cpu")),
+        for native, generic in ((ops.minmax_mm_cpu(A, B, True), ops.minmax_mm(A, B, "cpu", True)),
+                                ((ops.soft_minmax_mm_cpu(A, B, 0.1),), (ops.soft_minmax_mm(A, B, 0.1, "cpu"),)),
+                                (ops.minmax_mm_backward_cpu(*args, idx), ops.minmax_mm_backward(*args, idx, "cpu")),
                                 (ops.soft_minmax_mm_backward_cpu(*args, C, 0.1),
                                  ops.soft_minmax_mm_backward(*args, C, 0.1, "cpu"))):
             assert all(torch.equal(x, y) for x, y in zip(native, generic))
+
+
+@pytest.mark.parametrize("product", ["hard", "soft"])
+def test_cpu_ops_and_generic_ops_give_the_same_gradients(product):
+    # The public functions reach the CPU kernels through the extension's ops
+    # (autograd in C++); the generic custom ops reach them through Python
+    # autograd formulas. Both must route every gradient alike, ties included.
+    ops = torch.ops.vico_flow
+    g = torch.Generator().manual_seed(5)
+    A = torch.randint(0, 4, (2, 9, 13), generator=g).double().requires_grad_()  # many ties
+    B = torch.randint(0, 4, (2, 13, 6), generator=g).double().requires_grad_()
+    up = torch.rand(2, 9, 6, generator=g, dtype=torch.float64)
+    if product == "hard":
+        outs = (ops.minmax_mm_cpu(A, B, True)[0], ops.minmax_mm(A, B, "cpu", True)[0])
+    else:
+        outs = (ops.soft_minmax_mm_cpu(A, B, 0.1), ops.soft_minmax_mm(A, B, 0.1, "cpu"))
+    (nA, nB), (gA, gB) = (torch.autograd.grad(out, (A, B), up) for out in outs)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(nA, gA) and torch.equal(nB, gB)
+    assert "cpu" in outs[0].grad_fn.name().lower()
+
+
+def test_cpu_op_without_argmax_refuses_backward():
+    A = torch.rand(4, 5, requires_grad=True)
+    C, winners = torch.ops.vico_flow.minmax_mm_cpu(A, torch.rand(5, 3), False)
+    assert winners.numel() == 0
+    with pytest.raises(RuntimeError, match="with_argmax=False, so it kept no argmax"):
+        C.sum().backward()
 
 
 @pytest.mark.parametrize("name", sorted(FUNCS))
@@ -53,10 +86,10 @@ def test_no_autograd_nodes_beside_the_op(name):
     A = torch.rand(5, 7, requires_grad=True)
     B = torch.rand(7, 3, requires_grad=True)
     C = FUNCS[name](A, B)
-    assert "minmax_mm" in type(C.grad_fn).__name__.lower()
+    assert "minmaxmm" in C.grad_fn.name().lower()
     assert {type(f).__name__ for f, _ in C.grad_fn.next_functions if f is not None} == {"AccumulateGrad"}
     C = FUNCS[name](torch.rand(2, 5, 7), B)
-    assert "minmax_mm" in type(C.grad_fn).__name__.lower()
+    assert "minmaxmm" in C.grad_fn.name().lower()
     assert [type(f).__name__ for f, _ in C.grad_fn.next_functions if f is not None] == ["ExpandBackward0"]
 
 
@@ -221,6 +254,46 @@ def test_the_last_freed_block_is_reused_first():
     ptrs = (first.data_ptr(), second.data_ptr())
     del first, second  # `second` is freed last
     assert vico_flow.minmax_matmul(A, B).data_ptr() == ptrs[1]
+    vico_flow.empty_cpu_cache()
+
+
+def _mapping_of(addr: int) -> tuple[int, int, str, int]:
+    """(start, end, name, AnonHugePages KiB) of the mapping holding addr (/proc/self/smaps)."""
+    found = None
+    for line in open("/proc/self/smaps"):
+        fields = line.split()
+        head = fields[0]
+        if "-" in head and not head.endswith(":"):
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            found = (lo, hi, fields[5] if len(fields) > 5 else "") if lo <= addr < hi else None
+        elif found and head == "AnonHugePages:":
+            return (*found, int(fields[1]))
+    raise AssertionError(f"no mapping holds {addr:#x}")
+
+
+def _transparent_huge_pages() -> str:
+    try:
+        text = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
+    except OSError:
+        return "absent"
+    return text[text.index("[") + 1:text.index("]")]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/smaps")
+def test_whole_huge_page_outputs_are_fresh_mappings():
+    # An output of whole 2 MB pages gets its own fresh, aligned mapping, asked
+    # for huge pages. Taken from the C library, it came from heap pages already
+    # faulted in as 4 KB ones once large blocks had been freed (the library then
+    # serves blocks of that size from its heap), and lost its huge pages.
+    big = torch.empty(4 << 20)  # 16 MB: its free raises the C library's mmap threshold
+    del big
+    vico_flow.empty_cpu_cache()
+    C = vico_flow.minmax_matmul(torch.rand(1024, 8), torch.rand(8, 1024))  # 4 MB: two huge pages
+    start, end, name, huge_kib = _mapping_of(C.data_ptr())
+    assert C.data_ptr() % (2 << 20) == 0 and name == "", (hex(start), hex(end), name)
+    if _transparent_huge_pages() in ("always", "madvise"):
+        assert huge_kib >= 2048, huge_kib
+    del C
     vico_flow.empty_cpu_cache()
 
 

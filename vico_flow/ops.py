@@ -17,8 +17,16 @@ Ops (namespace ``vico_flow``):
     soft_minmax_mm(A, B, tau, backend) -> C
     soft_minmax_mm_backward(grad, A, B, C, tau, backend) -> (dA, dB)
     minmax_chain(F, Ws, tau, soft, backend) -> F (max,min) W_0 (max,min) W_1 ...
-    minmax_mm_backward_cpu(grad, A, B, winners), soft_minmax_mm_backward_cpu(grad, A, B, C, tau):
-        the CPU backend's backward (defined by the compiled extension)
+
+and, defined by the compiled extension (csrc/cpu/dispatcher_ops.cpp) with
+their autograd in C++, the CPU backend's own ops, which the public functions
+call for that backend (no Python between the dispatcher and the kernels: on
+caches the kernels had just flushed, the custom-op layers took ~0.25 ms of a
+1024^3 hard forward and ~0.7 ms of its fwd+bwd):
+    minmax_mm_cpu(A, B, with_argmax), minmax_mm_backward_cpu(grad, A, B, winners),
+    soft_minmax_mm_cpu(A, B, tau), soft_minmax_mm_backward_cpu(grad, A, B, C, tau)
+Their fake kernels are here; the autograd formulas of the generic ops call
+the same backward ops for backend "cpu".
 
 `winners` (int32 per output, empty when with_argmax is False) holds the first
 r reaching the max, as r when the gradient goes to A and ~r when it goes to B
@@ -55,24 +63,30 @@ def _product_shape(A: Tensor, B: Tensor) -> tuple[int, ...]:
     return (*A.shape[:-1], B.shape[-1])
 
 
-def _forward(backend: str, kernel: str, A: Tensor, B: Tensor, fn: str, *args):
-    """Runs a backend's forward kernel on operands without NaN, flattened to 3-D.
+def _refusing_nan(call, A: Tensor, B: Tensor, fn: str, refuses_nan: bool):
+    """``call()`` on operands without NaN.
 
-    Backends whose kernels look for NaN themselves as they read the operands
+    Kernels that look for NaN themselves as they read the operands
     (``refuses_nan``: the CPU kernels check each packed block) skip the
     separate pass over A and B; when such a kernel refuses an operand, the
     scan runs to name it and the first NaN. The scan also runs when the
     output is empty, since the kernels then read nothing.
     """
-    impl = _backends.get(backend)
-    if not getattr(impl, "refuses_nan", False) or A.shape[-2] == 0 or B.shape[-1] == 0:
+    if not refuses_nan or A.shape[-2] == 0 or B.shape[-1] == 0:
         _check_values(A, B, fn)
-        return getattr(impl, kernel)(_as_3d(A), _as_3d(B), *args)
+        return call()
     try:
-        return getattr(impl, kernel)(_as_3d(A), _as_3d(B), *args)
+        return call()
     except ValueError:
         _check_values(A, B, fn)
         raise
+
+
+def _forward(backend: str, kernel: str, A: Tensor, B: Tensor, fn: str, *args):
+    """Runs a backend's forward kernel on operands without NaN, flattened to 3-D."""
+    impl = _backends.get(backend)
+    call = lambda: getattr(impl, kernel)(_as_3d(A), _as_3d(B), *args)  # noqa: E731
+    return _refusing_nan(call, A, B, fn, getattr(impl, "refuses_nan", False))
 
 
 # --------------------------------------------------------------------------- hard
@@ -120,11 +134,15 @@ def _minmax_bwd(ctx, grad_c, _grad_argmax):
             "vico_flow::minmax_mm was called with with_argmax=False, so it kept no argmax to route "
             "gradients; call vico_flow.minmax_matmul (it asks for the argmax whenever an input requires grad)"
         )
-    if ctx.backend == "cpu":
-        dA, dB = torch.ops.vico_flow.minmax_mm_backward_cpu.default(grad_c, A, B, argmax)
-    else:
-        dA, dB = _minmax_mm_backward(grad_c.contiguous(), A, B, argmax, ctx.backend)
+    dA, dB = _hard_grads(grad_c, A, B, argmax, ctx.backend)
     return dA, dB, None, None
+
+
+def _hard_grads(grad: Tensor, A: Tensor, B: Tensor, winners: Tensor, backend: str) -> tuple[Tensor, Tensor]:
+    """(dA, dB) of the hard product through the backend's backward op."""
+    if backend == "cpu":
+        return torch.ops.vico_flow.minmax_mm_backward_cpu.default(grad, A, B, winners)
+    return _minmax_mm_backward(grad.contiguous(), A, B, winners, backend)
 
 
 _minmax_mm.register_autograd(_minmax_bwd, setup_context=_minmax_setup)
@@ -164,30 +182,56 @@ def _soft_setup(ctx, inputs, output):
 
 def _soft_bwd(ctx, grad_c):
     A, B, C = ctx.saved_tensors
-    if ctx.backend == "cpu":
-        dA, dB = torch.ops.vico_flow.soft_minmax_mm_backward_cpu.default(grad_c, A, B, C, ctx.tau)
-    else:
-        dA, dB = _soft_minmax_mm_backward(grad_c.contiguous(), A, B, C, ctx.tau, ctx.backend)
+    dA, dB = _soft_grads(grad_c, A, B, C, ctx.tau, ctx.backend)
     return dA, dB, None, None
+
+
+def _soft_grads(grad: Tensor, A: Tensor, B: Tensor, C: Tensor, tau: float, backend: str) -> tuple[Tensor, Tensor]:
+    """(dA, dB) of the soft product through the backend's backward op."""
+    if backend == "cpu":
+        return torch.ops.vico_flow.soft_minmax_mm_backward_cpu.default(grad, A, B, C, tau)
+    return _soft_minmax_mm_backward(grad.contiguous(), A, B, C, tau, backend)
 
 
 _soft_minmax_mm.register_autograd(_soft_bwd, setup_context=_soft_setup)
 
 
-# --------------------------------------------------------------------------- CPU backward ops
-# The CPU backend's backward ops, which the autograd formulas above call for
-# that backend, are defined by the compiled extension with their CPU kernels
-# (csrc/cpu/ops_cpu.cpp: reached through the dispatcher alone, without the
-# Python layers of a custom op); their fake kernels are here.
+# --------------------------------------------------------------------------- CPU backend ops
+# Defined by the compiled extension (see the module docstring); their fake kernels.
 if _backends.compiled_extension() is not None:
+
+    @torch.library.register_fake("vico_flow::minmax_mm_cpu")
+    def _(A, B, with_argmax):
+        shape = _product_shape(A, B)
+        return A.new_empty(shape), A.new_empty(shape if with_argmax else (0,), dtype=torch.int32)
 
     @torch.library.register_fake("vico_flow::minmax_mm_backward_cpu")
     def _(grad, A, B, winners):
         return A.new_empty(A.shape), B.new_empty(B.shape)
 
+    @torch.library.register_fake("vico_flow::soft_minmax_mm_cpu")
+    def _(A, B, tau):
+        return A.new_empty(_product_shape(A, B))
+
     @torch.library.register_fake("vico_flow::soft_minmax_mm_backward_cpu")
     def _(grad, A, B, C, tau):
         return A.new_empty(A.shape), B.new_empty(B.shape)
+
+
+def _hard_product(A: Tensor, B: Tensor, backend: str, with_argmax: bool, fn: str) -> tuple[Tensor, Tensor]:
+    """(C, winners) of operands with equal batch dims, through the backend's op."""
+    if backend != "cpu":
+        return _minmax_mm(A, B, backend, with_argmax)
+    op = torch.ops.vico_flow.minmax_mm_cpu.default
+    return _refusing_nan(lambda: op(A, B, with_argmax), A, B, fn, refuses_nan=True)
+
+
+def _soft_product(A: Tensor, B: Tensor, tau: float, backend: str, fn: str) -> Tensor:
+    """The soft product of operands with equal batch dims, through the backend's op."""
+    if backend != "cpu":
+        return _soft_minmax_mm(A, B, tau, backend)
+    op = torch.ops.vico_flow.soft_minmax_mm_cpu.default
+    return _refusing_nan(lambda: op(A, B, tau), A, B, fn, refuses_nan=True)
 
 
 # --------------------------------------------------------------------------- public API
@@ -211,7 +255,7 @@ def minmax_matmul_with_argmax(A: Tensor, B: Tensor, *, backend: str = "auto") ->
     fn = "minmax_matmul_with_argmax"
     A, B = _broadcast(A, B, fn)
     backend = _backends.resolve(backend, A.device, fn)
-    C, winners = _minmax_mm(A, B, backend, True)
+    C, winners = _hard_product(A, B, backend, True, fn)
     return C, decode_winners(winners)
 
 
@@ -234,7 +278,7 @@ def minmax_matmul(A: Tensor, B: Tensor, *, backend: str = "auto") -> Tensor:
     A, B = _broadcast(A, B, fn)
     backend = _backends.resolve(backend, A.device, fn)
     with_argmax = torch.is_grad_enabled() and (A.requires_grad or B.requires_grad)
-    C, _ = _minmax_mm(A, B, backend, with_argmax)
+    C, _ = _hard_product(A, B, backend, with_argmax, fn)
     return C
 
 
@@ -253,14 +297,14 @@ def soft_minmax_matmul(A: Tensor, B: Tensor, tau: float = 0.01, *, backend: str 
     tau = check_tau(tau, fn)
     A, B = _broadcast(A, B, fn)
     backend = _backends.resolve(backend, A.device, fn)
-    return _soft_minmax_mm(A, B, tau, backend)
+    return _soft_product(A, B, tau, backend, fn)
 
 
 # --------------------------------------------------------------------------- chains
 def _chain_layer(X: Tensor, W: Tensor, tau: float, soft: bool, backend: str, with_argmax: bool = False):
     if soft:
-        return _soft_minmax_mm(X, W, tau, backend), None
-    return _minmax_mm(X, W, backend, with_argmax)
+        return _soft_product(X, W, tau, backend, "minmax_chain"), None
+    return _hard_product(X, W, backend, with_argmax, "minmax_chain")
 
 
 @torch.library.custom_op("vico_flow::minmax_chain", mutates_args=())
@@ -302,12 +346,12 @@ def _chain_bwd(ctx, grad):
         xs.append(X)
         winners.append(win)
     dWs = [None] * len(Ws)
-    g = grad.contiguous()
+    g = grad
     for l in range(len(Ws) - 1, -1, -1):
         if soft:
-            g, dWs[l] = _soft_minmax_mm_backward(g, xs[l], Ws[l], xs[l + 1], tau, backend)
+            g, dWs[l] = _soft_grads(g, xs[l], Ws[l], xs[l + 1], tau, backend)
         else:
-            g, dWs[l] = _minmax_mm_backward(g, xs[l], Ws[l], winners[l], backend)
+            g, dWs[l] = _hard_grads(g, xs[l], Ws[l], winners[l], backend)
     return g, dWs, None, None, None
 
 

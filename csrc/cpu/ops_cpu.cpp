@@ -14,6 +14,7 @@
 
 #include "../tropical_common.h"
 #include "kernel_api.h"
+#include "ops_cpu.h"
 #include "output_pool.h"
 
 namespace vico_flow {
@@ -449,47 +450,8 @@ std::vector<std::string> available_isas() {
   return out;
 }
 
-// ------------------------------------------------------------ dispatcher ops
-// The CPU backend's backward, registered with the dispatcher (schemas below),
-// for the autograd formulas of vico_flow/ops.py. Called through the
-// backend-string custom op instead, the Python layers around the kernel took
-// ~0.2 ms of a hard backward at 1024^3 (timestamps; run on caches the kernels
-// had just flushed), and the fwd+bwd of 2560 products [4x16]x[16x16] 8% longer.
-// Operands with any equal batch dims, as the custom ops take them.
-namespace {
-
-at::Tensor as_3d(const at::Tensor& x) {
-  TORCH_CHECK(x.dim() >= 2, "vico_flow: expected an operand [*batch, rows, cols], got shape ", x.sizes());
-  int64_t batch = 1;
-  for (int64_t d = 0; d + 2 < x.dim(); ++d) batch *= x.size(d);
-  return x.reshape({batch, x.size(-2), x.size(-1)});
-}
-
-std::tuple<at::Tensor, at::Tensor> hard_backward_op(const at::Tensor& grad, const at::Tensor& A, const at::Tensor& B,
-                                                    const at::Tensor& winners) {
-  auto [dA, dB] = hard_backward(as_3d(grad), as_3d(A), as_3d(B), as_3d(winners));
-  return {dA.reshape(A.sizes()), dB.reshape(B.sizes())};
-}
-
-std::tuple<at::Tensor, at::Tensor> soft_backward_op(const at::Tensor& grad, const at::Tensor& A, const at::Tensor& B,
-                                                    const at::Tensor& C, double tau) {
-  auto [dA, dB] = soft_backward(as_3d(grad), as_3d(A), as_3d(B), as_3d(C), tau);
-  return {dA.reshape(A.sizes()), dB.reshape(B.sizes())};
-}
-
-}  // namespace
 }  // namespace cpu
 }  // namespace vico_flow
-
-TORCH_LIBRARY_FRAGMENT(vico_flow, m) {
-  m.def("minmax_mm_backward_cpu(Tensor grad, Tensor A, Tensor B, Tensor winners) -> (Tensor, Tensor)");
-  m.def("soft_minmax_mm_backward_cpu(Tensor grad, Tensor A, Tensor B, Tensor C, float tau) -> (Tensor, Tensor)");
-}
-
-TORCH_LIBRARY_IMPL(vico_flow, CPU, m) {
-  m.impl("minmax_mm_backward_cpu", &vico_flow::cpu::hard_backward_op);
-  m.impl("soft_minmax_mm_backward_cpu", &vico_flow::cpu::soft_backward_op);
-}
 
 #ifdef VICO_WITH_CUDA
 namespace vico_flow {
