@@ -67,9 +67,10 @@ std::tuple<at::Tensor, at::Tensor> soft_backward_op(const at::Tensor& grad, cons
 }  // namespace
 
 // ------------------------------------------------------------ autograd
-// (Outside the anonymous namespace: a node's name, as grad_fn.name() gives
-// it, spells the namespace out.) The ops are called through the dispatcher (not the functions above), so
-// that tracing (torch.compile, meta and fake tensors) reaches their fake kernels.
+// The Functions are named like torch's own nodes (grad_fn=<MinmaxMmCpuBackward>)
+// and live outside the anonymous namespace, which grad_fn.name() would spell
+// out. They call the ops through the dispatcher, not the functions above, so
+// that tracing (torch.compile, meta and fake tensors) reaches the fake kernels.
 template <class Signature>
 c10::TypedOperatorHandle<Signature> op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
