@@ -399,11 +399,12 @@ struct Kernels {
 
   // Outputs (i, j_begin..j_end): turn each winning sub-chunk (held as its
   // first r) into the first r in it whose min(A[i,r], B[r,j]) equals C[i,j]
-  // (the first-index tie rule), and record where its gradient goes. This runs once per output, so it is
-  // split in two passes that keep the per-output work to loads, compares and
-  // mask stores: pass 1 notes, per output, which lanes of the sub-chunk reach
-  // C (eq) and where A <= B (le); pass 2 turns kSeg of those mask pairs into
-  // encoded winners, W outputs per vector where the ISA can.
+  // (the first-index tie rule), and record where its gradient goes. This
+  // runs once per output, so it is split in two passes that keep the
+  // per-output work to loads, compares and mask stores: pass 1 notes, per
+  // output, which lanes of the sub-chunk reach C (eq) and where A <= B (le);
+  // pass 2 turns kSeg of those mask pairs into encoded winners, W outputs per
+  // vector where the ISA can.
   static constexpr int64_t kSeg = 256;
   static void search_row(const ArgmaxArgs<T>& p, int64_t bi, int64_t i, int64_t j_begin, int64_t j_end) {
     static_assert(kHardSub % W == 0 && kHardSub <= 16, "a sub-chunk is whole vectors, its bits one uint16");
