@@ -7,9 +7,9 @@ the custom ops. The product ops take ``A [*batch, m, k]`` and
 flatten them to the backends' 3-D operands in their bodies, where autograd
 records nothing: an expand or reshape in the public function is a node of the
 autograd graph, run again on every backward (they made a hard fwd+bwd at
-1024^3 ~0.2-0.3 ms longer, run on caches the kernels had just flushed). The ops carry fake
-kernels (torch.compile, meta tensors) and autograd formulas; their bodies pick
-the backend named by a string argument.
+1024^3 ~0.2-0.3 ms longer, run on caches the kernels had just flushed). The
+ops carry fake kernels (torch.compile, meta tensors) and autograd formulas;
+their bodies pick the backend named by a string argument.
 
 Ops (namespace ``vico_flow``):
     minmax_mm(A, B, backend, with_argmax) -> (C, winners)
@@ -63,6 +63,17 @@ def _product_shape(A: Tensor, B: Tensor) -> tuple[int, ...]:
     return (*A.shape[:-1], B.shape[-1])
 
 
+def _hard_outputs_like(A: Tensor, B: Tensor, with_argmax: bool) -> tuple[Tensor, Tensor]:
+    """Empty (C, winners) of the hard product: the body of its ops' fake kernels."""
+    shape = _product_shape(A, B)
+    return A.new_empty(shape), A.new_empty(shape if with_argmax else (0,), dtype=torch.int32)
+
+
+def _grads_like(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
+    """Empty (dA, dB): the body of the backward ops' fake kernels."""
+    return A.new_empty(A.shape), B.new_empty(B.shape)
+
+
 def _refusing_nan(call, A: Tensor, B: Tensor, fn: str, refuses_nan: bool):
     """``call()`` on operands without NaN.
 
@@ -99,8 +110,7 @@ def _minmax_mm(A: Tensor, B: Tensor, backend: str, with_argmax: bool) -> tuple[T
 
 @_minmax_mm.register_fake
 def _(A, B, backend, with_argmax):
-    shape = _product_shape(A, B)
-    return A.new_empty(shape), A.new_empty(shape if with_argmax else (0,), dtype=torch.int32)
+    return _hard_outputs_like(A, B, with_argmax)
 
 
 @torch.library.custom_op("vico_flow::minmax_mm_backward", mutates_args=())
@@ -111,7 +121,7 @@ def _minmax_mm_backward(grad: Tensor, A: Tensor, B: Tensor, argmax: Tensor, back
 
 @_minmax_mm_backward.register_fake
 def _(grad, A, B, argmax, backend):
-    return A.new_empty(A.shape), B.new_empty(B.shape)
+    return _grads_like(A, B)
 
 
 def _minmax_setup(ctx, inputs, output):
@@ -170,7 +180,7 @@ def _soft_minmax_mm_backward(
 
 @_soft_minmax_mm_backward.register_fake
 def _(grad, A, B, C, tau, backend):
-    return A.new_empty(A.shape), B.new_empty(B.shape)
+    return _grads_like(A, B)
 
 
 def _soft_setup(ctx, inputs, output):
@@ -202,12 +212,11 @@ if _backends.compiled_extension() is not None:
 
     @torch.library.register_fake("vico_flow::minmax_mm_cpu")
     def _(A, B, with_argmax):
-        shape = _product_shape(A, B)
-        return A.new_empty(shape), A.new_empty(shape if with_argmax else (0,), dtype=torch.int32)
+        return _hard_outputs_like(A, B, with_argmax)
 
     @torch.library.register_fake("vico_flow::minmax_mm_backward_cpu")
     def _(grad, A, B, winners):
-        return A.new_empty(A.shape), B.new_empty(B.shape)
+        return _grads_like(A, B)
 
     @torch.library.register_fake("vico_flow::soft_minmax_mm_cpu")
     def _(A, B, tau):
@@ -215,7 +224,7 @@ if _backends.compiled_extension() is not None:
 
     @torch.library.register_fake("vico_flow::soft_minmax_mm_backward_cpu")
     def _(grad, A, B, C, tau):
-        return A.new_empty(A.shape), B.new_empty(B.shape)
+        return _grads_like(A, B)
 
 
 def _hard_product(A: Tensor, B: Tensor, backend: str, with_argmax: bool, fn: str) -> tuple[Tensor, Tensor]:
