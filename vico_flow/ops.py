@@ -69,6 +69,11 @@ def _hard_outputs_like(A: Tensor, B: Tensor, with_argmax: bool) -> tuple[Tensor,
     return A.new_empty(shape), A.new_empty(shape if with_argmax else (0,), dtype=torch.int32)
 
 
+def _soft_output_like(A: Tensor, B: Tensor) -> Tensor:
+    """Empty C of the soft product: the body of its ops' fake kernels."""
+    return A.new_empty(_product_shape(A, B))
+
+
 def _grads_like(A: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
     """Empty (dA, dB): the body of the backward ops' fake kernels."""
     return A.new_empty(A.shape), B.new_empty(B.shape)
@@ -167,7 +172,7 @@ def _soft_minmax_mm(A: Tensor, B: Tensor, tau: float, backend: str) -> Tensor:
 
 @_soft_minmax_mm.register_fake
 def _(A, B, tau, backend):
-    return A.new_empty(_product_shape(A, B))
+    return _soft_output_like(A, B)
 
 
 @torch.library.custom_op("vico_flow::soft_minmax_mm_backward", mutates_args=())
@@ -220,7 +225,7 @@ if _backends.compiled_extension() is not None:
 
     @torch.library.register_fake("vico_flow::soft_minmax_mm_cpu")
     def _(A, B, tau):
-        return A.new_empty(_product_shape(A, B))
+        return _soft_output_like(A, B)
 
     @torch.library.register_fake("vico_flow::soft_minmax_mm_backward_cpu")
     def _(grad, A, B, C, tau):
