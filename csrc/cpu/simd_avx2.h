@@ -102,9 +102,21 @@ struct Avx2 {
   }
   static void stream_fence() { _mm_sfence(); }
   static void merge_max(float* c, reg acc) { _mm256_storeu_ps(c, _mm256_max_ps(_mm256_loadu_ps(c), acc)); }
+  // p[l] = v[l] where mask lane l is set, as a load, blend and store of all
+  // 8 lanes: for vectors the calling task owns whole (a tile's ids in L1, a
+  // whole register tile of C). vpmaskmovd/vpmaskmovps stores are microcoded
+  // on AMD processors: with them the tracked product took 2.3x the plain one
+  // at 1024^3 (Zen 4 running this path); with the blend, ~1.2x.
+  static void store_where(int32_t* p, __m256i mask, __m256i v) {
+    __m256i* q = reinterpret_cast<__m256i*>(p);
+    _mm256_storeu_si256(q, _mm256_blendv_epi8(_mm256_loadu_si256(q), v, mask));
+  }
+  static void store_where(float* p, __m256i mask, reg v) {
+    _mm256_storeu_ps(p, _mm256_blendv_ps(_mm256_loadu_ps(p), v, _mm256_castsi256_ps(mask)));
+  }
   // ids[l] = id where acc grew past its value before the sub-chunk.
   static void track(reg before, reg acc, int32_t* ids, int32_t id) {
-    _mm256_maskstore_epi32(ids, _mm256_castps_si256(_mm256_cmp_ps(acc, before, _CMP_GT_OQ)), _mm256_set1_epi32(id));
+    store_where(ids, _mm256_castps_si256(_mm256_cmp_ps(acc, before, _CMP_GT_OQ)), _mm256_set1_epi32(id));
   }
   // ids[l] = encode_winner(r, grad_goes_to_a(a[l], b[l])) where acc grew past
   // before (in every lane when kEvery): r where the gradient goes to A, ~r elsewhere.
@@ -112,13 +124,13 @@ struct Avx2 {
   static void track_winner(reg before, reg acc, reg a, reg b, int32_t* ids, int32_t r) {
     const __m256i at = kEvery ? _mm256_set1_epi32(-1) : _mm256_castps_si256(_mm256_cmp_ps(acc, before, _CMP_GT_OQ));
     const __m256i to_b = _mm256_xor_si256(_mm256_castps_si256(le_lanes(a, b)), _mm256_set1_epi32(-1));
-    _mm256_maskstore_epi32(ids, at, _mm256_xor_si256(_mm256_set1_epi32(r), to_b));
+    store_where(ids, at, _mm256_xor_si256(_mm256_set1_epi32(r), to_b));
   }
   // c = acc and idx = ids where acc strictly beats c (earlier chunks win ties).
   static void merge_max_track(float* c, int32_t* idx, reg acc, const int32_t* ids) {
     const __m256i gt = _mm256_castps_si256(_mm256_cmp_ps(acc, _mm256_loadu_ps(c), _CMP_GT_OQ));
-    _mm256_maskstore_ps(c, gt, acc);
-    _mm256_maskstore_epi32(idx, gt, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ids)));
+    store_where(c, gt, acc);
+    store_where(idx, gt, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ids)));
   }
 };
 
