@@ -21,7 +21,7 @@ struct Avx2 {
   static constexpr int hard_nv = 2;
   static constexpr int hard_tracked_rows = 3;  // rows per part of the tracked tile: 6 accumulators, their 6 copies, 2 B vectors
   static constexpr bool kTranspose16 = false;  // transposes through a tile
-  static constexpr bool kScatter = false;  // gradient scatter: scalar loops
+  static constexpr bool kScatter = true;  // gradient scatter: compressed lists (compress_to_a/b)
   static constexpr bool kEncodeWinners = false;  // winner search pass 2: scalar loop
   static constexpr int soft_nv = 2;
 
@@ -102,6 +102,47 @@ struct Avx2 {
   }
   static void stream_fence() { _mm_sfence(); }
   static void merge_max(float* c, reg acc) { _mm256_storeu_ps(c, _mm256_max_ps(_mm256_loadu_ps(c), acc)); }
+  // Scatter of the hard gradient, as in simd_avx512.h: the wanted lanes are
+  // packed to the front of a vector (AVX2 has no compress instruction: a
+  // permutation from kPackTable) and stored at the end of a list of
+  // (offset, value) pairs. A scalar loop with a branch on each output's side
+  // took 4.7 ms for the 1024^3 backward.
+  // Appends (w[l], g[l]) where the winner goes to A (w >= 0); room for 8.
+  static int compress_to_a(const int32_t* w, const float* g, int32_t* off, float* val) {
+    const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+    const uint32_t to_a = ~uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(wv))) & 0xFFu;  // sign bit clear
+    return store_compressed(to_a, wv, _mm256_loadu_ps(g), off, val);
+  }
+  // Appends (~w[l] * stride + lane0 + l, g[l]) where the winner goes to B (w < 0).
+  static int compress_to_b(const int32_t* w, const float* g, int32_t stride, int32_t lane0, int32_t* off, float* val) {
+    const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w));
+    const uint32_t to_b = uint32_t(_mm256_movemask_ps(_mm256_castsi256_ps(wv)));
+    const __m256i r = _mm256_xor_si256(wv, _mm256_set1_epi32(-1));  // ~w
+    const __m256i lane = _mm256_add_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(lane0));
+    const __m256i o = _mm256_add_epi32(_mm256_mullo_epi32(r, _mm256_set1_epi32(stride)), lane);
+    return store_compressed(to_b, o, _mm256_loadu_ps(g), off, val);
+  }
+  // kPackTable[m]: the lanes of the set bits of m in order, 3 bits each.
+  static constexpr auto kPackTable = [] {
+    struct Table {
+      uint32_t v[256];
+    } t{};
+    for (uint32_t m = 0; m < 256; ++m) {
+      uint32_t packed = 0, n = 0;
+      for (uint32_t l = 0; l < 8; ++l)
+        if (m >> l & 1u) packed |= l << (3 * n++);
+      t.v[m] = packed;
+    }
+    return t;
+  }();
+  static int store_compressed(uint32_t keep, __m256i off, __m256 g, int32_t* off_out, float* val_out) {
+    const __m256i perm = _mm256_and_si256(
+        _mm256_srlv_epi32(_mm256_set1_epi32(int32_t(kPackTable.v[keep])), _mm256_setr_epi32(0, 3, 6, 9, 12, 15, 18, 21)),
+        _mm256_set1_epi32(7));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(off_out), _mm256_permutevar8x32_epi32(off, perm));
+    _mm256_storeu_ps(val_out, _mm256_permutevar8x32_ps(g, perm));
+    return __builtin_popcount(keep);
+  }
   // p[l] = v[l] where mask lane l is set, as a load, blend and store of all
   // 8 lanes: for vectors the calling task owns whole (a tile's ids in L1, a
   // whole register tile of C). vpmaskmovd/vpmaskmovps stores are microcoded
