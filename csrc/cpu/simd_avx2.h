@@ -22,7 +22,7 @@ struct Avx2 {
   static constexpr int hard_tracked_rows = 3;  // rows per part of the tracked tile: 6 accumulators, their 6 copies, 2 B vectors
   static constexpr bool kTranspose16 = false;  // transposes through a tile
   static constexpr bool kScatter = true;  // gradient scatter: compressed lists (compress_to_a/b)
-  static constexpr bool kEncodeWinners = false;  // winner search pass 2: scalar loop
+  static constexpr bool kEncodeWinners = true;  // winner search pass 2: encode_winners below
   static constexpr int soft_nv = 2;
 
   static __m256i tail_mask(int n) {
@@ -92,6 +92,20 @@ struct Avx2 {
   // Bit l set where grad_goes_to_a(a[l], b[l]) (the gradient goes to A).
   static uint32_t le_mask(reg a, reg b) { return uint32_t(_mm256_movemask_ps(le_lanes(a, b))); }
   static reg le_lanes(reg a, reg b) { return _mm256_cmp_ps(a, b, _CMP_LE_OQ); }
+  // Pass 2 of the winner search for 8 outputs, as in simd_avx512.h: the
+  // lowest set bit of eq[l] | (1 << (sub - 1)) is isolated and its position
+  // read off the float exponent (exact for sub <= 24).
+  static void encode_winners(const uint16_t* eq, const uint16_t* le, int32_t* idx, int32_t sub) {
+    const __m256i e = _mm256_or_si256(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(eq))),
+                                      _mm256_set1_epi32(int32_t(1) << (sub - 1)));
+    const __m256i l = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(le)));
+    const __m256i low = _mm256_and_si256(e, _mm256_sub_epi32(_mm256_setzero_si256(), e));
+    const __m256i t = _mm256_sub_epi32(_mm256_srli_epi32(_mm256_castps_si256(_mm256_cvtepi32_ps(low)), 23),
+                                       _mm256_set1_epi32(127));
+    const __m256i to_b = _mm256_cmpeq_epi32(_mm256_and_si256(l, low), _mm256_setzero_si256());  // all ones: to B
+    __m256i* out = reinterpret_cast<__m256i*>(idx);
+    _mm256_storeu_si256(out, _mm256_xor_si256(_mm256_add_epi32(_mm256_loadu_si256(out), t), to_b));  // ~r: to B
+  }
   // Non-temporal store of one 64-byte line at dst (64-byte aligned) from src
   // (see ScatterArgs::stream); stream_fence() orders such stores before a
   // task ends.
