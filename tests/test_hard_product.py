@@ -107,8 +107,15 @@ def test_gradient_routing_matches_reference(isa, kind, dtype, n):
 
 # Gradients of 4 MB or more are written with non-temporal stores: rows of dA
 # and dB that start on a cache line (k, n multiples of 16) and rows that do
-# not, and a batch of products (B broadcast over it).
-LARGE_GRAD_SHAPES = [((512, 1024), (1024, 512)), ((520, 1030), (1030, 530)), ((3, 260, 1030), (1030, 530))]
+# not, and a batch of products (B broadcast over it). So is the winner
+# search's transposed copy of B from 4 MB with k a multiple of 16: the
+# 64 x 1024 x 1024 product.
+LARGE_GRAD_SHAPES = [
+    ((512, 1024), (1024, 512)),
+    ((520, 1030), (1030, 530)),
+    ((3, 260, 1030), (1030, 530)),
+    ((64, 1024), (1024, 1024)),
+]
 
 
 @pytest.fixture(scope="module")
