@@ -190,8 +190,17 @@ struct KernelTable {
   void (*transpose)(const TransposeArgs<T>&, int64_t task);  // one block of kRows rows per task
 };
 
+// The hard product and its winner search alone: for float64 on AVX-512, whose
+// other kernels stay scalar (ops_cpu.cpp puts the two into kScalarDouble's table).
+template <class T>
+struct HardKernelTable {
+  void (*hard)(const HardArgs<T>&, int64_t task);
+  void (*argmax)(const ArgmaxArgs<T>&, int64_t task);
+};
+
 // Defined in kernels_<isa>.cpp.
 extern const KernelTable<float> kAvx512Float;
+extern const HardKernelTable<double> kAvx512DoubleHard;
 extern const KernelTable<float> kAvx2Float;
 extern const KernelTable<float> kScalarFloat;
 extern const KernelTable<double> kScalarDouble;

@@ -886,6 +886,8 @@ struct Kernels {
     transpose_rest(p, task, c0);
   }
 
+  static HardKernelTable<T> hard_table() { return {&hard, &argmax}; }
+
   static KernelTable<T> table(const char* name) {
     return {name,       &hard,      &argmax,    &soft_fwd,      &soft_grad, &soft_grad_whole,
             &scatter_a, &scatter_b, &scatter_whole, &transpose};

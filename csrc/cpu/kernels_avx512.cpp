@@ -21,5 +21,6 @@
 namespace vico_flow {
 namespace cpu {
 const KernelTable<float> kAvx512Float = Kernels<simd::Avx512>::table("avx512");
+const HardKernelTable<double> kAvx512DoubleHard = Kernels<simd::Avx512Double>::hard_table();
 }
 }  // namespace vico_flow

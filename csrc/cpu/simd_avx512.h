@@ -179,5 +179,68 @@ struct Avx512 {
   }
 };
 
+// AVX-512F wrapper for float64 (8 lanes), for the hard product and its winner
+// search only (Kernels::hard_table): the float64 soft and scatter kernels stay
+// scalar. The sub-chunk ids of 8 lanes are the low half of a 16-lane int32
+// vector, stored under an 8-bit mask (no AVX-512VL needed).
+struct Avx512Double {
+  using value_type = double;
+  using reg = __m512d;
+  static constexpr int width = 8;
+  // 6 x 32 register tile: 24 accumulators + 4 B vectors, as for float.
+  static constexpr int hard_mr = 6;
+  static constexpr int hard_nv = 4;
+  static constexpr int hard_tracked_rows = 3;
+  static constexpr bool kEncodeWinners = false;  // winner search pass 2: scalar loop
+
+  static __mmask8 tail_mask(int n) { return n >= 8 ? __mmask8(0xFF) : __mmask8((1u << (n < 0 ? 0 : n)) - 1u); }
+  static reg load(const double* p) { return _mm512_loadu_pd(p); }
+  static reg load_partial(const double* p, int n, double fill) {
+    return _mm512_mask_loadu_pd(_mm512_set1_pd(fill), tail_mask(n), p);
+  }
+  static void store(double* p, reg v) { _mm512_storeu_pd(p, v); }
+  static void store_partial(double* p, reg v, int n) { _mm512_mask_storeu_pd(p, tail_mask(n), v); }
+  static void store_lanes(double* out, reg v) { _mm512_storeu_pd(out, v); }
+  static reg in_register(reg x) {  // see Avx512
+    asm("" : "+v"(x));
+    return x;
+  }
+  static reg set1(double x) { return _mm512_set1_pd(x); }
+  static reg min(reg a, reg b) { return _mm512_min_pd(a, b); }
+  static reg max(reg a, reg b) { return _mm512_max_pd(a, b); }
+  // The min of the bits as signed 64-bit integers, where both operands are
+  // >= +0 or -inf (as for float: there the integer order is the value order).
+  static constexpr bool kBitsMin = true;
+  static reg bits_min(reg a, reg b) {
+    return _mm512_castsi512_pd(_mm512_min_epi64(_mm512_castpd_si512(a), _mm512_castpd_si512(b)));
+  }
+  static uint32_t outside_bits_domain_mask(reg x) {
+    const __m512i b = _mm512_castpd_si512(x);
+    return _mm512_cmplt_epi64_mask(b, _mm512_setzero_si512()) &
+           _mm512_cmpneq_epi64_mask(b, _mm512_set1_epi64(int64_t(0xFFF0000000000000ull)));
+  }
+  static uint32_t nan_mask(reg x) { return _mm512_cmp_pd_mask(x, x, _CMP_UNORD_Q); }
+  static uint32_t eq_mask(reg x, double h) { return _mm512_cmp_pd_mask(x, _mm512_set1_pd(h), _CMP_EQ_OQ); }
+  // Bit l set where grad_goes_to_a(a[l], b[l]) (the gradient goes to A).
+  static uint32_t le_mask(reg a, reg b) { return _mm512_cmp_pd_mask(a, b, _CMP_LE_OQ); }
+  static void merge_max(double* c, reg acc) { _mm512_storeu_pd(c, _mm512_max_pd(_mm512_loadu_pd(c), acc)); }
+  // The int32 stores below touch lanes 0-7 only (their masks are 8 bits).
+  static void track(reg before, reg acc, int32_t* ids, int32_t id) {
+    _mm512_mask_storeu_epi32(ids, _mm512_cmp_pd_mask(acc, before, _CMP_GT_OQ), _mm512_set1_epi32(id));
+  }
+  template <bool kEvery>
+  static void track_winner(reg before, reg acc, reg a, reg b, int32_t* ids, int32_t r) {
+    const __mmask16 at = kEvery ? __mmask16(0xFF) : __mmask16(_mm512_cmp_pd_mask(acc, before, _CMP_GT_OQ));
+    const __m512i enc = _mm512_mask_blend_epi32(__mmask16(le_mask(a, b)), _mm512_set1_epi32(~r), _mm512_set1_epi32(r));
+    _mm512_mask_storeu_epi32(ids, at, enc);
+  }
+  static void merge_max_track(double* c, int32_t* idx, reg acc, const int32_t* ids) {
+    const __mmask8 gt = _mm512_cmp_pd_mask(acc, _mm512_loadu_pd(c), _CMP_GT_OQ);
+    _mm512_mask_storeu_pd(c, gt, acc);
+    const __m256i id8 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ids));
+    _mm512_mask_storeu_epi32(idx, __mmask16(gt), _mm512_castsi256_si512(id8));
+  }
+};
+
 }  // namespace simd
 }  // namespace vico_flow

@@ -1,4 +1,5 @@
-// One-lane "vector": the portable fallback and the float64 path. Mirrors the
+// One-lane "vector": the portable fallback and the float64 path (AVX-512 has
+// its own for the float64 hard product: simd_avx512.h). Mirrors the
 // interface of the AVX2/AVX-512 wrappers so kernels.h is written once.
 #pragma once
 
