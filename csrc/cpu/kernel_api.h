@@ -190,12 +190,15 @@ struct KernelTable {
   void (*transpose)(const TransposeArgs<T>&, int64_t task);  // one block of kRows rows per task
 };
 
-// The hard product and its winner search alone: for float64 on AVX-512, whose
-// other kernels stay scalar (ops_cpu.cpp puts the two into kScalarDouble's table).
+// The hard product, its winner search and its gradient scatter alone: for
+// float64 on AVX-512, whose soft kernels stay scalar (ops_cpu.cpp puts these
+// into kScalarDouble's table).
 template <class T>
 struct HardKernelTable {
   void (*hard)(const HardArgs<T>&, int64_t task);
   void (*argmax)(const ArgmaxArgs<T>&, int64_t task);
+  void (*scatter_a)(const ScatterArgs<T>&, int64_t task);
+  void (*scatter_b)(const ScatterArgs<T>&, int64_t task);
 };
 
 // Defined in kernels_<isa>.cpp.

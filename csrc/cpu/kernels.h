@@ -886,7 +886,7 @@ struct Kernels {
     transpose_rest(p, task, c0);
   }
 
-  static HardKernelTable<T> hard_table() { return {&hard, &argmax}; }
+  static HardKernelTable<T> hard_table() { return {&hard, &argmax, &scatter_a, &scatter_b}; }
 
   static KernelTable<T> table(const char* name) {
     return {name,       &hard,      &argmax,    &soft_fwd,      &soft_grad, &soft_grad_whole,

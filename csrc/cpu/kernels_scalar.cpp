@@ -1,5 +1,5 @@
 // The kernel bodies for any x86-64 (or other) processor, and the float64 path
-// (whose hard product and winner search ops_cpu.cpp takes from AVX-512 where it can).
+// (whose hard product, winner search and scatter ops_cpu.cpp takes from AVX-512 where it can).
 #include "simd_scalar.h"
 #include "kernels.h"
 

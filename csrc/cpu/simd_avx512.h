@@ -179,10 +179,10 @@ struct Avx512 {
   }
 };
 
-// AVX-512F wrapper for float64 (8 lanes), for the hard product and its winner
-// search only (Kernels::hard_table): the float64 soft and scatter kernels stay
-// scalar. The sub-chunk ids of 8 lanes are the low half of a 16-lane int32
-// vector, stored under an 8-bit mask (no AVX-512VL needed).
+// AVX-512F wrapper for float64 (8 lanes), for the hard product, its winner
+// search and its gradient scatter only (Kernels::hard_table): the float64
+// soft kernels stay scalar. The int32 ids and offsets of 8 lanes are the low
+// half of a 16-lane vector, under an 8-bit mask (no AVX-512VL needed).
 struct Avx512Double {
   using value_type = double;
   using reg = __m512d;
@@ -192,6 +192,8 @@ struct Avx512Double {
   static constexpr int hard_nv = 4;
   static constexpr int hard_tracked_rows = 3;
   static constexpr bool kEncodeWinners = false;  // winner search pass 2: scalar loop
+  static constexpr bool kScatter = true;  // gradient scatter: compressed lists, as for float
+  static constexpr bool kStream = true;
 
   static __mmask8 tail_mask(int n) { return n >= 8 ? __mmask8(0xFF) : __mmask8((1u << (n < 0 ? 0 : n)) - 1u); }
   static reg load(const double* p) { return _mm512_loadu_pd(p); }
@@ -224,6 +226,31 @@ struct Avx512Double {
   // Bit l set where grad_goes_to_a(a[l], b[l]) (the gradient goes to A).
   static uint32_t le_mask(reg a, reg b) { return _mm512_cmp_pd_mask(a, b, _CMP_LE_OQ); }
   static void merge_max(double* c, reg acc) { _mm512_storeu_pd(c, _mm512_max_pd(_mm512_loadu_pd(c), acc)); }
+  static void stream_line(double* dst, const double* src) { _mm512_stream_pd(dst, _mm512_loadu_pd(src)); }
+  static void stream_fence() { _mm_sfence(); }
+  // Appends (w[l], g[l]) where the winner goes to A (w >= 0); room for 8.
+  static int compress_to_a(const int32_t* w, const double* g, int32_t* off, double* val) {
+    const __m512i wv = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
+    const __mmask16 to_a = _mm512_cmpge_epi32_mask(wv, _mm512_setzero_si512()) & 0xFF;
+    return store_compressed(to_a, wv, _mm512_loadu_pd(g), off, val);
+  }
+  // Appends (~w[l] * stride + lane0 + l, g[l]) where the winner goes to B (w < 0).
+  static int compress_to_b(const int32_t* w, const double* g, int32_t stride, int32_t lane0, int32_t* off,
+                           double* val) {
+    const __m512i wv = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
+    const __mmask16 to_b = _mm512_cmplt_epi32_mask(wv, _mm512_setzero_si512()) & 0xFF;
+    const __m512i r = _mm512_xor_si512(wv, _mm512_set1_epi32(-1));  // ~w
+    const __m512i lane = _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 0, 0, 0, 0, 0, 0, 0, 0),
+                                          _mm512_set1_epi32(lane0));
+    const __m512i o = _mm512_add_epi32(_mm512_mullo_epi32(r, _mm512_set1_epi32(stride)), lane);
+    return store_compressed(to_b, o, _mm512_loadu_pd(g), off, val);
+  }
+  static int store_compressed(__mmask16 keep, __m512i off, reg g, int32_t* off_out, double* val_out) {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(off_out),
+                        _mm512_castsi512_si256(_mm512_maskz_compress_epi32(keep, off)));
+    _mm512_storeu_pd(val_out, _mm512_maskz_compress_pd(__mmask8(keep), g));
+    return __builtin_popcount(unsigned(keep));
+  }
   // The int32 stores below touch lanes 0-7 only (their masks are 8 bits).
   static void track(reg before, reg acc, int32_t* ids, int32_t id) {
     _mm512_mask_storeu_epi32(ids, _mm512_cmp_pd_mask(acc, before, _CMP_GT_OQ), _mm512_set1_epi32(id));
