@@ -100,21 +100,30 @@ struct Avx512 {
   // slow on some cores (AMD Zen 4); sequential adds need no conflict handling;
   // and adding from a list written earlier (not from the vector just stored)
   // avoids both a store-forwarding stall and a mispredicted loop per vector.
+  // The int32 lane work of the scatter and of the tracked winners, on 16
+  // encoded winners; Avx512Double uses the low 8 lanes. Lanes whose winner
+  // goes to A (w >= 0):
+  static __mmask16 to_a_lanes(__m512i w) { return _mm512_cmpge_epi32_mask(w, _mm512_setzero_si512()); }
+  // ~w * stride + lane0 + l: where the gradient of lane l goes in a dB slab.
+  static __m512i b_offsets(__m512i w, int32_t stride, int32_t lane0) {
+    const __m512i r = _mm512_xor_si512(w, _mm512_set1_epi32(-1));  // ~w
+    const __m512i lane = _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                          _mm512_set1_epi32(lane0));
+    return _mm512_add_epi32(_mm512_mullo_epi32(r, _mm512_set1_epi32(stride)), lane);
+  }
+  // encode_winner(r, lane in to_a) in every lane.
+  static __m512i encoded(__mmask16 to_a, int32_t r) {
+    return _mm512_mask_blend_epi32(to_a, _mm512_set1_epi32(~r), _mm512_set1_epi32(r));
+  }
   // Appends (w[l], g[l]) where the winner goes to A (w >= 0); room for 16.
   static int compress_to_a(const int32_t* w, const float* g, int32_t* off, float* val) {
     const __m512i wv = _mm512_loadu_si512(w);
-    const __mmask16 to_a = _mm512_cmpge_epi32_mask(wv, _mm512_setzero_si512());
-    return store_compressed(to_a, wv, _mm512_loadu_ps(g), off, val);
+    return store_compressed(to_a_lanes(wv), wv, _mm512_loadu_ps(g), off, val);
   }
   // Appends (~w[l] * stride + lane0 + l, g[l]) where the winner goes to B (w < 0).
   static int compress_to_b(const int32_t* w, const float* g, int32_t stride, int32_t lane0, int32_t* off, float* val) {
     const __m512i wv = _mm512_loadu_si512(w);
-    const __mmask16 to_b = _mm512_cmplt_epi32_mask(wv, _mm512_setzero_si512());
-    const __m512i r = _mm512_xor_si512(wv, _mm512_set1_epi32(-1));  // ~w
-    const __m512i lane = _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                          _mm512_set1_epi32(lane0));
-    const __m512i o = _mm512_add_epi32(_mm512_mullo_epi32(r, _mm512_set1_epi32(stride)), lane);
-    return store_compressed(to_b, o, _mm512_loadu_ps(g), off, val);
+    return store_compressed(__mmask16(~to_a_lanes(wv)), b_offsets(wv, stride, lane0), _mm512_loadu_ps(g), off, val);
   }
   static int store_compressed(__mmask16 keep, __m512i off, __m512 g, int32_t* off_out, float* val_out) {
     _mm512_storeu_si512(off_out, _mm512_maskz_compress_epi32(keep, off));
@@ -168,8 +177,7 @@ struct Avx512 {
   template <bool kEvery>
   static void track_winner(reg before, reg acc, reg a, reg b, int32_t* ids, int32_t r) {
     const __mmask16 at = kEvery ? __mmask16(0xFFFF) : _mm512_cmp_ps_mask(acc, before, _CMP_GT_OQ);
-    const __m512i enc = _mm512_mask_blend_epi32(__mmask16(le_mask(a, b)), _mm512_set1_epi32(~r), _mm512_set1_epi32(r));
-    _mm512_mask_storeu_epi32(ids, at, enc);
+    _mm512_mask_storeu_epi32(ids, at, encoded(__mmask16(le_mask(a, b)), r));
   }
   // c = acc and idx = ids where acc strictly beats c (earlier chunks win ties).
   static void merge_max_track(float* c, int32_t* idx, reg acc, const int32_t* ids) {
@@ -230,20 +238,19 @@ struct Avx512Double {
   static void stream_fence() { _mm_sfence(); }
   // Appends (w[l], g[l]) where the winner goes to A (w >= 0); room for 8.
   static int compress_to_a(const int32_t* w, const double* g, int32_t* off, double* val) {
-    const __m512i wv = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
-    const __mmask16 to_a = _mm512_cmpge_epi32_mask(wv, _mm512_setzero_si512()) & 0xFF;
-    return store_compressed(to_a, wv, _mm512_loadu_pd(g), off, val);
+    const __m512i wv = load8(w);
+    return store_compressed(__mmask16(Avx512::to_a_lanes(wv) & 0xFF), wv, _mm512_loadu_pd(g), off, val);
   }
   // Appends (~w[l] * stride + lane0 + l, g[l]) where the winner goes to B (w < 0).
   static int compress_to_b(const int32_t* w, const double* g, int32_t stride, int32_t lane0, int32_t* off,
                            double* val) {
-    const __m512i wv = _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)));
-    const __mmask16 to_b = _mm512_cmplt_epi32_mask(wv, _mm512_setzero_si512()) & 0xFF;
-    const __m512i r = _mm512_xor_si512(wv, _mm512_set1_epi32(-1));  // ~w
-    const __m512i lane = _mm512_add_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 0, 0, 0, 0, 0, 0, 0, 0),
-                                          _mm512_set1_epi32(lane0));
-    const __m512i o = _mm512_add_epi32(_mm512_mullo_epi32(r, _mm512_set1_epi32(stride)), lane);
-    return store_compressed(to_b, o, _mm512_loadu_pd(g), off, val);
+    const __m512i wv = load8(w);
+    return store_compressed(__mmask16(~Avx512::to_a_lanes(wv) & 0xFF), Avx512::b_offsets(wv, stride, lane0),
+                            _mm512_loadu_pd(g), off, val);
+  }
+  // 8 int32 values as the low half of a 16-lane vector.
+  static __m512i load8(const int32_t* p) {
+    return _mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   }
   static int store_compressed(__mmask16 keep, __m512i off, reg g, int32_t* off_out, double* val_out) {
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(off_out),
@@ -258,14 +265,12 @@ struct Avx512Double {
   template <bool kEvery>
   static void track_winner(reg before, reg acc, reg a, reg b, int32_t* ids, int32_t r) {
     const __mmask16 at = kEvery ? __mmask16(0xFF) : __mmask16(_mm512_cmp_pd_mask(acc, before, _CMP_GT_OQ));
-    const __m512i enc = _mm512_mask_blend_epi32(__mmask16(le_mask(a, b)), _mm512_set1_epi32(~r), _mm512_set1_epi32(r));
-    _mm512_mask_storeu_epi32(ids, at, enc);
+    _mm512_mask_storeu_epi32(ids, at, Avx512::encoded(__mmask16(le_mask(a, b)), r));
   }
   static void merge_max_track(double* c, int32_t* idx, reg acc, const int32_t* ids) {
     const __mmask8 gt = _mm512_cmp_pd_mask(acc, _mm512_loadu_pd(c), _CMP_GT_OQ);
     _mm512_mask_storeu_pd(c, gt, acc);
-    const __m256i id8 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ids));
-    _mm512_mask_storeu_epi32(idx, __mmask16(gt), _mm512_castsi256_si512(id8));
+    _mm512_mask_storeu_epi32(idx, __mmask16(gt), load8(ids));
   }
 };
 
