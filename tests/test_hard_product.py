@@ -244,14 +244,27 @@ def test_deep_products_bit_identical(isa, m, k, n, kind):
 
 @pytest.mark.parametrize("k", [1024, 1030])
 @pytest.mark.parametrize("kind", ["uniform", "ties"])
-def test_search_through_streamed_copy_of_b(isa, k, kind):
-    # Transposed copies of 4 MB or more are written with non-temporal stores
-    # where each row of the copy starts a cache line (k a multiple of 16), and
-    # with ordinary stores where not; the winner search reads the copy right after.
+def test_search_through_large_copy_of_b(isa, k, kind):
+    # The winner search reads a transposed copy of B made beside the product
+    # (4 MB here: whole 16x16 vector blocks, then a ragged edge when k = 1030).
     g = torch.Generator().manual_seed(k)
     B = rand(k, 1024, kind=kind, gen=g)
-    assert B.numel() * 4 >= 4 << 20  # past the kernels' streaming threshold
+    assert B.numel() * 4 >= 4 << 20
     check_exact(rand(40, k, kind=kind, gen=g), B)
+
+
+@pytest.mark.parametrize("m,k,n", [(1024, 48, 1024), (1030, 40, 1030)])
+@pytest.mark.parametrize("kind", ["uniform", "ties"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_search_after_streamed_sub_chunk_ids(isa, m, k, n, kind, dtype):
+    # Products of one depth chunk with 1M outputs or more write the sub-chunk
+    # of each output's max with non-temporal stores, a tile row at a time
+    # where the row starts a cache line (every row when n is a multiple of
+    # 16, some rows when not); the winner search reads them back right after.
+    g = torch.Generator().manual_seed(m + k)
+    A, B = rand(m, k, dtype=dtype, kind=kind, gen=g), rand(k, n, dtype=dtype, kind=kind, gen=g)
+    assert m * n * 4 >= 4 << 20  # past the kernels' streaming threshold
+    check_exact(A, B)
 
 
 @pytest.mark.parametrize("kind", KINDS)

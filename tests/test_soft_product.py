@@ -1,5 +1,6 @@
 """The soft (log-sum-exp) product: close to the float64 reference, within its
 bounds, stable at small tau, with gradients that match the closed form."""
+import functools
 import math
 
 import pytest
@@ -128,6 +129,26 @@ def test_gradients_match_reference(isa, tau, kind):
     rA, rB = _grads(A.double(), B.double(), up.double(), tau, "reference")
     for got, want in ((dA, rA), (dB, rB)):
         assert bool(torch.isfinite(got).all())
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4 * want.abs().max().item() + 1e-7)
+
+
+@functools.lru_cache(maxsize=None)
+def _large_gradient_case(m):
+    g = torch.Generator().manual_seed(m)
+    A, B = rand(m, 1024, gen=g), rand(1024, 24, gen=g)
+    up = torch.randn(m, 24, generator=g)
+    return A, B, up, _grads(A.double(), B.double(), up.double(), 0.05, "reference")
+
+
+@pytest.mark.parametrize("m", [1024, 1030])
+def test_gradients_through_large_transposed_copies(isa, m):
+    # The tiled backward works on a transposed copy of A. Copies of 4 MB or
+    # more are written with non-temporal stores where each row of the copy
+    # starts a cache line (m a multiple of 16), with ordinary ones where not.
+    A, B, up, (rA, rB) = _large_gradient_case(m)
+    assert A.numel() * 4 >= 4 << 20  # past the kernels' streaming threshold
+    dA, dB = _grads(A, B, up, 0.05, "cpu")
+    for got, want in ((dA, rA), (dB, rB)):
         torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4 * want.abs().max().item() + 1e-7)
 
 

@@ -59,6 +59,12 @@ struct HardArgs {
   // they are packed (in cache, a vector compare per W values), so the op layer
   // needs no separate pass over them to refuse NaN.
   std::atomic<int>* nan_seen = nullptr;
+  // Write `sub` with non-temporal stores (whole 64-byte lines, where the ISA
+  // has them): set for products of one depth chunk whose ids hold
+  // kStreamBytes or more. The ids are written once and read back once by the
+  // winner search, in order, after the whole product; an ordinary store first
+  // reads each line for ownership and evicts the product's own operands.
+  bool stream_sub = false;
   // Many small products (n below one register tile, k up to kSmallMaxK, e.g.
   // the per-pixel temporal blocks of a video): a task takes whole products,
   // about kSmallTaskTerms triples of them (32 per-pixel blocks [4x16]x[16x16]),

@@ -197,7 +197,7 @@ struct Kernels {
           }
         }
       if (tr && first_chunk)
-        for (int i = 0; i < MR; ++i) std::copy(tr->ids + i * NR, tr->ids + (i + 1) * NR, sub + i * p.n);
+        for (int i = 0; i < MR; ++i) store_ids(p, tr->ids + i * NR, sub + i * p.n);
       return;
     }
     T tmp[NR];
@@ -211,6 +211,22 @@ struct Kernels {
         }
       }
     }
+  }
+
+  // One row of a tile's sub-chunk ids (NR of them) into p.sub at out. The
+  // vector stores move the ids' bits as they are (64 bytes a line, whatever
+  // T is).
+  static void store_ids(const HardArgs<T>& p, const int32_t* ids, int32_t* out) {
+    if constexpr (V::kStream) {
+      static_assert(NR * sizeof(int32_t) % 64 == 0, "a tile row of ids is whole 64-byte lines");
+      if (p.stream_sub && reinterpret_cast<uintptr_t>(out) % 64 == 0) {
+        constexpr int kPerLine = 64 / int(sizeof(int32_t));
+        for (int q = 0; q < NR; q += kPerLine)
+          V::stream_line(reinterpret_cast<T*>(out + q), reinterpret_cast<const T*>(ids + q));
+        return;
+      }
+    }
+    std::copy(ids, ids + NR, out);
   }
 
   // A packed block of n values: notes NaN in *p.nan_seen (when given) and
@@ -387,6 +403,7 @@ struct Kernels {
         }
       }
     }
+    if (tr && p.stream_sub) V::stream_fence();  // the search (another parallel region) reads the ids
   }
 
   // ------------------------------------------------------------ hard argmax

@@ -25,10 +25,9 @@ struct TransposeArgs {
   int64_t batch, k, n;
   // Write whole 64-byte lines of dst with non-temporal stores where the ISA
   // path can (the float 16x16 blocks); set for copies of kStreamBytes or
-  // more. The hard forward's B^T at 1024^3 (4 MB) took 30% less time; the
-  // winner search that reads it right after (one line per output,
-  // prefetched) 0-4% more; the forward with winners and the backward together
-  // ~0.3 ms less of ~18.5 (two builds in one process).
+  // more (the soft backward's transposes). The hard forward's copy of B
+  // opts out: its winner search reads scattered lines of it right after
+  // (ops_cpu.cpp).
   bool stream = false;
   // A task: kRows rows of X along their length. Reading the rows through a
   // small tile and writing columns of it out keeps both sides in whole cache
