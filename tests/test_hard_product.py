@@ -253,17 +253,18 @@ def test_search_through_large_copy_of_b(isa, k, kind):
     check_exact(rand(40, k, kind=kind, gen=g), B)
 
 
-@pytest.mark.parametrize("m,k,n", [(1024, 48, 1024), (1030, 40, 1030)])
+@pytest.mark.parametrize("batch,m,k,n", [((), 1024, 48, 1024), ((), 1030, 40, 1030), ((2,), 1024, 40, 520)])
 @pytest.mark.parametrize("kind", ["uniform", "ties"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_search_after_streamed_sub_chunk_ids(isa, m, k, n, kind, dtype):
-    # Products of one depth chunk with 1M outputs or more write the sub-chunk
-    # of each output's max with non-temporal stores, a tile row at a time
-    # where the row starts a cache line (every row when n is a multiple of
-    # 16, some rows when not); the winner search reads them back right after.
+def test_search_after_streamed_sub_chunk_ids(isa, batch, m, k, n, kind, dtype):
+    # Products of one depth chunk with 1M outputs or more (over the batch)
+    # write the sub-chunk of each output's max with non-temporal stores, a
+    # tile row at a time where the row starts a cache line (every row when n
+    # is a multiple of 16, some rows when not); the winner search reads them
+    # back right after.
     g = torch.Generator().manual_seed(m + k)
-    A, B = rand(m, k, dtype=dtype, kind=kind, gen=g), rand(k, n, dtype=dtype, kind=kind, gen=g)
-    assert m * n * 4 >= 4 << 20  # past the kernels' streaming threshold
+    A, B = rand(*batch, m, k, dtype=dtype, kind=kind, gen=g), rand(k, n, dtype=dtype, kind=kind, gen=g)
+    assert math.prod(batch) * m * n * 4 >= 4 << 20  # past the kernels' streaming threshold
     check_exact(A, B)
 
 
