@@ -1,6 +1,5 @@
 """The soft (log-sum-exp) product: close to the float64 reference, within its
 bounds, stable at small tau, with gradients that match the closed form."""
-import functools
 import math
 
 import pytest
@@ -132,20 +131,27 @@ def test_gradients_match_reference(isa, tau, kind):
         torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4 * want.abs().max().item() + 1e-7)
 
 
-@functools.lru_cache(maxsize=None)
-def _large_gradient_case(m):
-    g = torch.Generator().manual_seed(m)
-    A, B = rand(m, 1024, gen=g), rand(1024, 24, gen=g)
-    up = torch.randn(m, 24, generator=g)
-    return A, B, up, _grads(A.double(), B.double(), up.double(), 0.05, "reference")
+LARGE_ROWS = [1024, 1030]
 
 
-@pytest.mark.parametrize("m", [1024, 1030])
-def test_gradients_through_large_transposed_copies(isa, m):
+@pytest.fixture(scope="module")
+def large_gradient_case():
+    # The float64 reference gradients once per module, for every ISA's run.
+    cases = {}
+    for m in LARGE_ROWS:
+        g = torch.Generator().manual_seed(m)
+        A, B = rand(m, 1024, gen=g), rand(1024, 24, gen=g)
+        up = torch.randn(m, 24, generator=g)
+        cases[m] = (A, B, up, _grads(A.double(), B.double(), up.double(), 0.05, "reference"))
+    return cases
+
+
+@pytest.mark.parametrize("m", LARGE_ROWS)
+def test_gradients_through_large_transposed_copies(isa, large_gradient_case, m):
     # The tiled backward works on a transposed copy of A. Copies of 4 MB or
     # more are written with non-temporal stores where each row of the copy
     # starts a cache line (m a multiple of 16), with ordinary ones where not.
-    A, B, up, (rA, rB) = _large_gradient_case(m)
+    A, B, up, (rA, rB) = large_gradient_case[m]
     assert A.numel() * 4 >= 4 << 20  # past the kernels' streaming threshold
     dA, dB = _grads(A, B, up, 0.05, "cpu")
     for got, want in ((dA, rA), (dB, rB)):
