@@ -268,6 +268,51 @@ def test_search_after_streamed_sub_chunk_ids(isa, batch, m, k, n, kind, dtype):
     check_exact(A, B)
 
 
+@pytest.fixture(scope="module")
+def few_rows_case():
+    """Operands of products with few rows against a wide B (the flow rows of
+    ST-Flow), their reference winners and gradients, by (shapes, kind, dtype)."""
+    cache = {}
+
+    def get(a_shape, b_shape, kind, dtype):
+        key = (a_shape, b_shape, kind, dtype)
+        if key not in cache:
+            g = torch.Generator().manual_seed(sum(a_shape) + sum(b_shape) + KINDS.index(kind))
+            A, B = rand(*a_shape, dtype=dtype, kind=kind, gen=g), rand(*b_shape, dtype=dtype, kind=kind, gen=g)
+            A3 = A if A.dim() == 3 else A[None]
+            B3 = B.expand(A3.shape[0], -1, -1)
+            up = torch.randint(-3, 4, (A3.shape[0], A3.shape[1], B3.shape[2]), generator=g).to(dtype)  # exact sums
+            C, idx = reference.minmax_matmul_argmax(A3, B3)
+            rA, rB = reference.minmax_matmul_backward(up, A3, B3, idx)
+            shape = (*A.shape[:-1], B.shape[-1])
+            cache[key] = (A, B, up.reshape(shape), C.reshape(shape), idx.reshape(shape), rA.reshape(A.shape), rB.sum(0))
+        return cache[key]
+
+    return get
+
+
+@pytest.mark.parametrize(
+    "a_shape,b_shape",
+    [((4, 1030), (1030, 2050)), ((3, 5, 300), (300, 700))],
+    ids=["thin, 8 MB dB", "batched thin"],
+)
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_few_rows_against_wide_b(isa, few_rows_case, a_shape, b_shape, kind, dtype):
+    # A few rows of outputs: the winner search reads B in place, split into
+    # column blocks so that every thread gets some (9 and 3 blocks here, the
+    # last one ragged), and settles from A alone the outputs where one r of
+    # the sub-chunk has A >= C (most of them on 'uniform'; the small integers
+    # of 'ties' seldom allow it). The backward zeroes dB's column tiles in
+    # place (with non-temporal stores in the 8 MB case) and adds the outputs
+    # into dB itself. k = 1030 leaves a ragged last sub-chunk.
+    A, B, up, C_ref, idx_ref, rA, rB = few_rows_case(a_shape, b_shape, kind, dtype)
+    C, idx = vico_flow.minmax_matmul_with_argmax(A, B)
+    assert torch.equal(C, C_ref) and torch.equal(idx.long(), idx_ref)
+    dA, dB = _grads(A, B, up, "cpu")
+    assert torch.equal(dA, rA) and torch.equal(dB, rB)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_small_products_read_b_in_place_or_gathered(isa, kind):
     # Many small products (n <= 32) take their own path, which reads B's rows

@@ -98,7 +98,19 @@ struct ArgmaxArgs {
   // 16 was measurably short, 32 to 128 alike).
   static constexpr int64_t kRows = 8;
   static constexpr int64_t kAhead = 48;
-  int64_t num_tasks() const { return batch * ceil_div(m, kRows); }
+  // Where the row blocks are too few to share out (a few flow rows against a
+  // wide B), each is split into column blocks of at least kMinCols outputs,
+  // up to kMinTasks tasks in all, rounded to 16 outputs (a 64-byte line of
+  // winners, so that no two tasks write one line). With one task, the
+  // [4 x 4096] x [4096 x 4096] search ran on one thread, the other waiting.
+  static constexpr int64_t kMinTasks = 16, kMinCols = 256;
+  int64_t row_tasks() const { return batch * ceil_div(m, kRows); }
+  int64_t cols_per_task() const {
+    const int64_t rows = row_tasks();
+    const int64_t blocks = rows == 0 || rows >= kMinTasks ? 1 : std::min(ceil_div(n, kMinCols), ceil_div(kMinTasks, rows));
+    return std::max<int64_t>(1, ceil_div(ceil_div(n, std::max<int64_t>(blocks, 1)), 16) * 16);
+  }
+  int64_t num_tasks() const { return row_tasks() * ceil_div(n, cols_per_task()); }
 };
 
 template <class T>
@@ -167,6 +179,14 @@ struct ScatterArgs {
   static constexpr int64_t kCols = 64;  // dB column tile of a task (its slab: k x kCols values)
   int64_t rows_tasks() const { return batch * m; }
   int64_t cols_tasks() const { return batch * ceil_div(n, kCols); }
+  // Few rows of outputs (m * kDirectRatio <= k, e.g. the flow rows of
+  // [4 x 4096] x [4096 x 4096]) put at most m values into each column of a
+  // dB tile: the tile is zeroed in place and those values added into dB
+  // itself, instead of zeroing a k x kCols slab, adding there and copying it
+  // out (at [4 x 4096] x [4096 x 4096] the slabs' zeroing and copy-out took
+  // a third of the backward).
+  static constexpr int64_t kDirectRatio = 16;
+  bool direct_cols() const { return m * kDirectRatio <= k; }
   // Products whose two gradients together hold at most kWholeElems values
   // (16 KB in float32: they stay in L1) and that have at most kWholeOutputs
   // outputs (a task's worth: a larger one, e.g. an outer product with k = 1,
