@@ -291,7 +291,11 @@ at::Tensor soft_forward(const at::Tensor& A_in, const at::Tensor& B_in, double t
       const double s = kLog2e / tau;
       const at::Tensor Ac = A.contiguous();
       at::Tensor Bs = empty_output(B.sizes(), B.options());
-      at::mul_out(Bs, B, s);
+      // A tensor factor: the Scalar overload of mul_out computed into a
+      // temporary and copied it into Bs, a fresh B-sized buffer per call
+      // whose every page faulted (the soft forward of [4 x 4096] x
+      // [4096 x 4096] took 39 ms instead of 19).
+      at::mul_out(Bs, B, at::scalar_tensor(s, B.options()));
       SoftFwdArgs<scalar_t> p{Ac.data_ptr<scalar_t>(), Bs.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(), batch, m, n, k,
                               scalar_t(s), scalar_t(tau), scalar_t(soft_cutoff(k))};
       const auto& kt = table_for<scalar_t>();
