@@ -218,20 +218,3 @@ def test_backward_memory_is_inputs_plus_outputs():
         vico_flow.soft_minmax_matmul(A, B)
     assert sum(saved) <= 64 * 96 + 96 * 80 + 64 * 80
 
-
-@pytest.mark.skipif(not hasattr(__import__("resource"), "getrusage"), reason="needs resource.getrusage (POSIX)")
-def test_warm_calls_touch_no_fresh_memory():
-    # The soft forward scales B into a copy (recycled between calls, like the
-    # outputs). Through the Scalar overload of mul_out, torch made a temporary
-    # and copied it: a fresh B-sized buffer per call, every page of it a
-    # fault (the soft forward of [4 x 4096] x [4096 x 4096] took 39 ms
-    # instead of 19). A warm call may fault on a few pages, not on B's 4096.
-    import resource
-
-    A, B = torch.rand(4, 2048), torch.rand(2048, 2048)  # B: 16 MB, 4096 pages
-    for _ in range(2):  # warm: the recycled memory and the threads' buffers exist
-        vico_flow.soft_minmax_matmul(A, B)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    vico_flow.soft_minmax_matmul(A, B)
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    assert faults < B.numel() * 4 // 4096 // 8, faults
