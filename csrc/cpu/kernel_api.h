@@ -101,8 +101,9 @@ struct ArgmaxArgs {
   // Where the row blocks are too few to share out (a few flow rows against a
   // wide B), each is split into column blocks of at least kMinCols outputs,
   // up to kMinTasks tasks in all, rounded to 16 outputs (a 64-byte line of
-  // winners, so that no two tasks write one line). With one task, the
-  // [4 x 4096] x [4096 x 4096] search ran on one thread, the other waiting.
+  // winners: where a row starts a line, no two tasks write one). With one
+  // task, the [4 x 4096] x [4096 x 4096] search ran on one thread, the
+  // other waiting.
   static constexpr int64_t kMinTasks = 16, kMinCols = 256;
   int64_t row_tasks() const { return batch * ceil_div(m, kRows); }
   int64_t cols_per_task() const {
