@@ -108,8 +108,9 @@ struct ArgmaxArgs {
   int64_t row_tasks() const { return batch * ceil_div(m, kRows); }
   int64_t cols_per_task() const {
     const int64_t rows = row_tasks();
-    const int64_t blocks = rows == 0 || rows >= kMinTasks ? 1 : std::min(ceil_div(n, kMinCols), ceil_div(kMinTasks, rows));
-    return std::max<int64_t>(1, ceil_div(ceil_div(n, std::max<int64_t>(blocks, 1)), 16) * 16);
+    const int64_t blocks =
+        rows == 0 || rows >= kMinTasks ? 1 : std::max<int64_t>(1, std::min(ceil_div(n, kMinCols), ceil_div(kMinTasks, rows)));
+    return std::max<int64_t>(1, ceil_div(ceil_div(n, blocks), 16) * 16);
   }
   int64_t num_tasks() const { return row_tasks() * ceil_div(n, cols_per_task()); }
 };
