@@ -75,32 +75,34 @@ struct Kernels {
   // i.e. where the first r reaching the max of the depth chunk lies. Stays in L1.
   struct Track {
     alignas(64) int32_t ids[MR * NR];
+    alignas(64) T tile[MR * NR];  // the finished parts of the tile (see micro_tracked)
   };
 
   // One step of depth r for the first R rows of the A strip at ap (a strip
-  // row holds MR values): to[i][v] = max(from[i][v], min(ap[r][i], bp[r][v])).
+  // row holds MR values) and the NV vectors of the B strip row at bp (a strip
+  // row holds NR values): to[i][v] = max(from[i][v], min(ap[r][i], bp[r][v])).
   // `to` may be `from`. kBits: the min on the operands' bits as integers
   // (V::bits_min), exact when every operand is >= +0 or -inf (see
   // scan_packed); it runs on the integer units, in parallel with the float max.
-  template <int R, bool kBits>
+  template <int R, int NV, bool kBits>
   static inline __attribute__((always_inline)) void step(const T* ap, const T* bp, int64_t r,
-                                                         const reg (&from)[R][V::hard_nv], reg (&to)[R][V::hard_nv]) {
-    reg bv[V::hard_nv];
+                                                         const reg (&from)[R][NV], reg (&to)[R][NV]) {
+    reg bv[NV];
 #pragma GCC unroll 8
-    for (int v = 0; v < V::hard_nv; ++v) bv[v] = V::in_register(V::load(bp + r * NR + v * W));
+    for (int v = 0; v < NV; ++v) bv[v] = V::in_register(V::load(bp + r * NR + v * W));
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i) {
       const reg av = V::set1(ap[r * MR + i]);
 #pragma GCC unroll 8
-      for (int v = 0; v < V::hard_nv; ++v)
+      for (int v = 0; v < NV; ++v)
         to[i][v] = V::max(from[i][v], kBits ? V::bits_min(av, bv[v]) : V::min(av, bv[v]));
     }
   }
 
   // The steps of depths [r0, r1) into acc.
-  template <int R, bool kBits>
-  static inline void steps(const T* ap, const T* bp, int64_t r0, int64_t r1, reg (&acc)[R][V::hard_nv]) {
-    for (int64_t r = r0; r < r1; ++r) step<R, kBits>(ap, bp, r, acc, acc);
+  template <int R, int NV, bool kBits>
+  static inline void steps(const T* ap, const T* bp, int64_t r0, int64_t r1, reg (&acc)[R][NV]) {
+    for (int64_t r = r0; r < r1; ++r) step<R, NV, kBits>(ap, bp, r, acc, acc);
   }
 
   // The register tile: acc[i][v] = max_r min(ap[r][i], bp[r][v]) over kc.
@@ -110,7 +112,7 @@ struct Kernels {
     for (int i = 0; i < MR; ++i)
 #pragma GCC unroll 8
       for (int v = 0; v < V::hard_nv; ++v) acc[i][v] = V::set1(neg_inf());
-    steps<MR, kBits>(ap, bp, 0, kc, acc);
+    steps<MR, V::hard_nv, kBits>(ap, bp, 0, kc, acc);
   }
 
   // The same tile with the argmax tracking: tr->ids = the first r of the
@@ -122,59 +124,81 @@ struct Kernels {
   // (a burst of stores per sub-chunk would fill the store queue), and so must
   // the B vectors (V::in_register: as memory operands of every instruction
   // the loads, not the arithmetic, bound the tile). So the tile is computed in
-  // parts of V::hard_tracked_rows rows over the same B strip, and each part
-  // alternates two sets of accumulators (tracked_sub), so that no copy is
-  // made (copying made 24 register moves per sub-chunk). kc is a whole number
-  // of sub-chunks (the packing pads the depth with -inf).
+  // parts of H = V::hard_tracked_rows rows by TV = V::hard_tracked_nv vectors,
+  // each over the whole depth, and each part alternates two sets of
+  // accumulators (tracked_sub), so that no copy is made (copying made 24
+  // register moves per sub-chunk). kc is a whole number of sub-chunks (the
+  // packing pads the depth with -inf).
+  //
+  // Parts of whole rows read the B strip (kc x NR, from L2) once per part;
+  // parts of whole columns read each B value once and the A strip (kc x MR,
+  // in L1) once per part. On AVX-512 (Intel Xeon, 2 MB L2) the tracked
+  // register tile ran at 43-44 G triples/s per core in 3-row parts, 51 in
+  // 2-vector parts, 54 untracked (kc = 1024, one B strip against 32 A strips).
   template <bool kBits>
   static inline void micro_tracked(const T* ap, const T* bp, int64_t kc, reg (&out)[MR][V::hard_nv], Track* tr,
                                    int32_t r_base) {
-    constexpr int H = V::hard_tracked_rows;
-    static_assert(MR % H == 0, "the tracked tile runs in parts of whole rows");
+    constexpr int H = V::hard_tracked_rows, TV = V::hard_tracked_nv;
+    static_assert(MR % H == 0 && V::hard_nv % TV == 0, "the tracked tile runs in parts of whole rows and vectors");
     std::fill(tr->ids, tr->ids + MR * NR, r_base);  // where the max stays -inf, the first r holds it
 #pragma GCC unroll 4
-    for (int part = 0; part < MR / H; ++part) {
-      const T* aph = ap + part * H;
-      int32_t* ids = tr->ids + part * H * NR;
-      reg x[H][V::hard_nv], y[H][V::hard_nv];
-#pragma GCC unroll 8
-      for (int i = 0; i < H; ++i)
-#pragma GCC unroll 8
-        for (int v = 0; v < V::hard_nv; ++v) x[i][v] = V::set1(neg_inf());
-      int64_t r0 = 0;
-      for (; r0 + 2 * kHardSub <= kc; r0 += 2 * kHardSub) {
-        tracked_sub<H, kBits>(aph, bp, r0, x, y, ids, r_base);
-        tracked_sub<H, kBits>(aph, bp, r0 + kHardSub, y, x, ids, r_base);
-      }
-      if (r0 < kc) {
-        tracked_sub<H, kBits>(aph, bp, r0, x, y, ids, r_base);
-#pragma GCC unroll 8
-        for (int i = 0; i < H; ++i)
-#pragma GCC unroll 8
-          for (int v = 0; v < V::hard_nv; ++v) x[i][v] = y[i][v];
-      }
-#pragma GCC unroll 8
-      for (int i = 0; i < H; ++i)
-#pragma GCC unroll 8
-        for (int v = 0; v < V::hard_nv; ++v) out[part * H + i][v] = x[i][v];
+    for (int i0 = 0; i0 < MR; i0 += H) {
+#pragma GCC unroll 4
+      for (int v0 = 0; v0 < V::hard_nv; v0 += TV) tracked_part<H, TV, kBits>(ap + i0, bp + v0 * W, kc, i0, v0, tr, r_base);
     }
+#pragma GCC unroll 8
+    for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 8
+      for (int v = 0; v < V::hard_nv; ++v) out[i][v] = V::load(tr->tile + i * NR + v * W);
+  }
+
+  // One part of micro_tracked: rows i0.. (A strip from ap) and vectors v0..
+  // (B strip from bp) of the tile, left in tr->tile. Not inlined, and its
+  // result through memory: inlined, GCC kept the finished parts in registers
+  // through the later ones and spilled a B vector of their inner loop (the
+  // tracked 1024^3 product took ~12% longer).
+  template <int H, int TV, bool kBits>
+  __attribute__((noinline)) static void tracked_part(const T* ap, const T* bp, int64_t kc, int i0, int v0,
+                                                                 Track* tr, int32_t r_base) {
+    int32_t* ids = tr->ids + i0 * NR + v0 * W;
+    reg x[H][TV], y[H][TV];
+#pragma GCC unroll 8
+    for (int i = 0; i < H; ++i)
+#pragma GCC unroll 8
+      for (int v = 0; v < TV; ++v) x[i][v] = V::set1(neg_inf());
+    int64_t r0 = 0;
+    for (; r0 + 2 * kHardSub <= kc; r0 += 2 * kHardSub) {
+      tracked_sub<H, TV, kBits>(ap, bp, r0, x, y, ids, r_base);
+      tracked_sub<H, TV, kBits>(ap, bp, r0 + kHardSub, y, x, ids, r_base);
+    }
+    if (r0 < kc) {
+      tracked_sub<H, TV, kBits>(ap, bp, r0, x, y, ids, r_base);
+#pragma GCC unroll 8
+      for (int i = 0; i < H; ++i)
+#pragma GCC unroll 8
+        for (int v = 0; v < TV; ++v) x[i][v] = y[i][v];
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < H; ++i)
+#pragma GCC unroll 8
+      for (int v = 0; v < TV; ++v) V::store(tr->tile + (i0 + i) * NR + (v0 + v) * W, x[i][v]);
   }
 
   // One sub-chunk [r0, r0 + kHardSub) of a part of micro_tracked: `to` =
   // `from` advanced over it (its first step writes `to` from `from`, which is
-  // left as it was), and ids = r_base + r0 where the max grew.
-  template <int H, bool kBits>
+  // left as it was), and ids = r_base + r0 where the max grew (ids: the
+  // part's first output; rows NR apart).
+  template <int H, int TV, bool kBits>
   static inline __attribute__((always_inline)) void tracked_sub(const T* ap, const T* bp, int64_t r0,
-                                                                const reg (&from)[H][V::hard_nv],
-                                                                reg (&to)[H][V::hard_nv], int32_t* ids,
-                                                                int32_t r_base) {
-    step<H, kBits>(ap, bp, r0, from, to);
-    steps<H, kBits>(ap, bp, r0 + 1, r0 + kHardSub, to);
+                                                                const reg (&from)[H][TV], reg (&to)[H][TV],
+                                                                int32_t* ids, int32_t r_base) {
+    step<H, TV, kBits>(ap, bp, r0, from, to);
+    steps<H, TV, kBits>(ap, bp, r0 + 1, r0 + kHardSub, to);
     const int32_t first_r = r_base + int32_t(r0);
 #pragma GCC unroll 8
     for (int i = 0; i < H; ++i)
 #pragma GCC unroll 8
-      for (int v = 0; v < V::hard_nv; ++v) V::track(from[i][v], to[i][v], ids + i * NR + v * W, first_r);
+      for (int v = 0; v < TV; ++v) V::track(from[i][v], to[i][v], ids + i * NR + v * W, first_r);
   }
 
   // Merges a register tile into C: the first depth chunk overwrites, later

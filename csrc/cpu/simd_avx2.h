@@ -19,7 +19,10 @@ struct Avx2 {
   // 6 rows x 2 vectors (12 accumulators + 2 B vectors + broadcasts).
   static constexpr int hard_mr = 6;
   static constexpr int hard_nv = 2;
-  static constexpr int hard_tracked_rows = 3;  // rows per part of the tracked tile: 6 accumulators, their 6 copies, 2 B vectors
+  // Parts of the tracked tile (Kernels::micro_tracked): 3 rows by 2 vectors,
+  // 6 accumulators, their 6 copies, 2 B vectors.
+  static constexpr int hard_tracked_rows = 3;
+  static constexpr int hard_tracked_nv = 2;
   static constexpr bool kTranspose16 = false;  // transposes through a tile
   static constexpr bool kScatter = true;  // gradient scatter: compressed lists (compress_to_a/b)
   static constexpr bool kEncodeWinners = true;  // winner search pass 2: encode_winners below

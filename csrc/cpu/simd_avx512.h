@@ -19,7 +19,10 @@ struct Avx512 {
   // each A value is a broadcast memory operand.
   static constexpr int hard_mr = 6;
   static constexpr int hard_nv = 4;
-  static constexpr int hard_tracked_rows = 3;  // rows per part of the tracked tile: 12 accumulators, their 12 copies, 4 B vectors
+  // Parts of the tracked tile (Kernels::micro_tracked): all 6 rows by 2
+  // vectors, 12 accumulators, their 12 copies, 2 B vectors.
+  static constexpr int hard_tracked_rows = 6;
+  static constexpr int hard_tracked_nv = 2;
   static constexpr int soft_nv = 4;
   static constexpr bool kTranspose16 = true;  // transpose16 below
   static constexpr bool kScatter = true;  // gradient scatter: compressed lists (compress_to_a/b)
@@ -198,7 +201,8 @@ struct Avx512Double {
   // 6 x 32 register tile: 24 accumulators + 4 B vectors, as for float.
   static constexpr int hard_mr = 6;
   static constexpr int hard_nv = 4;
-  static constexpr int hard_tracked_rows = 3;
+  static constexpr int hard_tracked_rows = 6;
+  static constexpr int hard_tracked_nv = 2;
   static constexpr bool kEncodeWinners = false;  // winner search pass 2: scalar loop
   static constexpr bool kScatter = true;  // gradient scatter: compressed lists, as for float
   static constexpr bool kStream = true;

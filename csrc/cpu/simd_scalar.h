@@ -18,7 +18,8 @@ struct Scalar {
   static constexpr int width = 1;
   static constexpr int hard_mr = 4;  // register tile: 4 rows x 4 columns
   static constexpr int hard_nv = 4;
-  static constexpr int hard_tracked_rows = 2;  // rows per part of the tracked tile: any split works
+  static constexpr int hard_tracked_rows = 2;  // parts of the tracked tile: any split works
+  static constexpr int hard_tracked_nv = 4;
   static constexpr bool kTranspose16 = false;  // transposes through a tile
   static constexpr bool kScatter = false;  // gradient scatter: scalar loops
   static constexpr bool kEncodeWinners = false;  // winner search pass 2: scalar loop
