@@ -131,6 +131,52 @@ def test_gradients_match_reference(isa, tau, kind):
         torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4 * want.abs().max().item() + 1e-7)
 
 
+def _two_level_operands(layout, g):
+    """Operands whose outputs sit at two levels ~10 apart: per row of C
+    ("rows": rows 0-19 low, 20-39 high) or per column ("columns": 0-149 low,
+    150-299 high), with some -inf, and +inf in the operand that sets no level
+    (elsewhere it would lift the low one). At tau <= 0.05 a level's scaled
+    outputs lie far more than 64 apart from the other's, so in a tile holding
+    both, the low rows of C (of C^T for dA) take the kernels' factored terms
+    and the high ones the direct terms."""
+    low, high = rand(20, 70, gen=g) / 2, 10 + rand(20, 70, gen=g) / 2
+    wide = rand(70, 300, gen=g) * 6
+    if layout == "rows":
+        wide[torch.rand(wide.shape, generator=g) > 0.98] = torch.inf
+        A, B = torch.cat([low, high]), wide
+    else:
+        A = wide.T.contiguous()[:40]
+        A[torch.rand(A.shape, generator=g) > 0.98] = torch.inf
+        B = torch.cat([low.T] * 7 + [low.T[:, :10]] + [high.T] * 7 + [high.T[:, :10]], 1)
+    for X in (A, B):
+        X[torch.rand(X.shape, generator=g) < 0.03] = -torch.inf
+    return A, B
+
+
+@pytest.mark.parametrize("layout", ["rows", "columns"])
+@pytest.mark.parametrize("tau", [0.01, 0.05])
+@pytest.mark.parametrize("up_scale", [1.0, 1e-36])
+def test_factored_and_direct_terms_agree(isa, layout, tau, up_scale):
+    # 40 rows (two forward tasks of 32), 300 columns (two 256-wide tiles).
+    g = torch.Generator().manual_seed(21)
+    A, B = _two_level_operands(layout, g)
+    assert A.shape == (40, 70) and B.shape == (70, 300)
+    H = reference.minmax_matmul(A.double(), B.double())
+    lo, hi = (H[:20], H[20:]) if layout == "rows" else (H[:, :150], H[:, 150:])
+    spread = (hi[hi.isfinite()].min() - lo[lo.isfinite()].max()).item() * math.log2(math.e) / tau
+    assert spread > 64  # the two levels cannot share the factored terms
+    S = vico_flow.soft_minmax_matmul(A, B, tau, backend="cpu")
+    torch.testing.assert_close(S.double(), soft_ref64(A, B, tau), rtol=1e-5, atol=1e-6)
+    # Upstream gradients of 1e-36 (gradients near float32's smallest normal) make
+    # the terms that count denormal unless the kernel scales them first.
+    up = torch.randn(40, 300, generator=g) * up_scale
+    dA, dB = _grads(A, B, up, tau, "cpu")
+    rA, rB = _grads(A.double(), B.double(), up.double(), tau, "reference")
+    for got, want in ((dA, rA), (dB, rB)):
+        assert bool(torch.isfinite(got).all())
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
 LARGE_ROWS = [1024, 1030]
 
 

@@ -35,7 +35,14 @@ static_assert(kHardKC % kHardSub == 0, "depth chunks hold whole sub-chunks");
 
 // Column tile of the soft kernels: the skip list of a row is built per tile.
 constexpr int64_t kSoftJT = 256;
-constexpr int64_t kSoftRowsPerTask = 8;
+constexpr int64_t kSoftRowsPerTask = 8;  // rows r of a soft gradient task
+// Rows i of a soft forward task: its factored sum (Kernels::soft_fwd) computes
+// k x kSoftJT exp2 of B once per task, shared by these rows.
+constexpr int64_t kSoftFwdRows = 32;
+// The soft kernels factor their terms (Kernels::soft_fwd, soft_grad) where a
+// row's scaled shifts lie within this many of the tile's lowest (a power of 2
+// between them stays far inside float32's range and the exp2 clamp).
+constexpr double kSoftFactorSpread = 64;
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -122,7 +129,7 @@ struct SoftFwdArgs {
   T* c;         // contiguous [batch, m, n]: in the hard product H, out the soft one
   int64_t batch, m, n, k;
   T scale, tau, cut;
-  int64_t num_tasks() const { return batch * ceil_div(m, kSoftRowsPerTask) * ceil_div(n, kSoftJT); }
+  int64_t num_tasks() const { return batch * ceil_div(m, kSoftFwdRows) * ceil_div(n, kSoftJT); }
 };
 
 template <class T>
@@ -139,6 +146,17 @@ struct SoftGradArgs {
   int64_t db_sb, db_sr, db_sj;
   int64_t batch, m, n, k;
   T scale, cut;
+  // The factored terms (Kernels::soft_grad): per tile, its lowest finite cs *
+  // scale (gamma, [batch, ceil(n/kSoftJT)], +inf if none); per row and tile,
+  // whether the row takes them (fact, [batch, m, ceil(n/kSoftJT)]); and for
+  // those, g * gnorm * 2^(gamma - cs * scale) (gf, [batch, m, n], written by
+  // soft_grad_prep; unused elsewhere, null when no row takes them), with
+  // gnorm = 1 / max |g| (or 1), so that the denormals the factored terms
+  // flush are relative to the largest upstream gradient.
+  const T* gamma = nullptr;
+  const uint8_t* fact = nullptr;
+  T* gf = nullptr;
+  T gnorm = T(1);
   int64_t num_tasks() const { return batch * ceil_div(n, kSoftJT) * ceil_div(k, kSoftRowsPerTask); }
 };
 
@@ -211,6 +229,7 @@ struct KernelTable {
   void (*argmax)(const ArgmaxArgs<T>&, int64_t task);  // winner search after `hard` with HardArgs::sub
   void (*soft_fwd)(const SoftFwdArgs<T>&, int64_t task);
   void (*soft_grad)(const SoftGradArgs<T>&, int64_t task);
+  void (*soft_grad_prep)(const SoftGradArgs<T>&, int64_t row);  // SoftGradArgs::gf, one row of batch * m per task
   void (*soft_grad_whole)(const SoftWholeArgs<T>&, int64_t task);  // products_per_task() whole products per task
   void (*scatter_a)(const ScatterArgs<T>&, int64_t task);  // one row of dA per task
   void (*scatter_b)(const ScatterArgs<T>&, int64_t task);  // one column tile of dB per task

@@ -10,6 +10,10 @@
 #include <limits>
 #include <vector>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>  // _mm_getcsr / _mm_setcsr (Kernels::FlushDenormals)
+#endif
+
 #include "../tropical_common.h"
 #include "kernel_api.h"
 
@@ -637,35 +641,101 @@ struct Kernels {
     }
   }
 
+  // One vector group of the factored soft sum (see soft_fwd): acc[v] +=
+  // 1 / (ea[r] + eb[r][v]) over the listed rows r, eb's rows ldeb apart from
+  // ebcol. Every lane of eb up to the tile's last whole vector is a finite
+  // number (past the tile's end: 1), so whole vectors are read; NVP only
+  // bounds how many.
+  template <int NVP>
+  static inline __attribute__((always_inline)) void soft_fwd_factored_group(const int32_t* active, int64_t na,
+                                                                            const T* ea, const T* ebcol, int64_t ldeb,
+                                                                            reg* acc) {
+    for (int64_t q = 0; q < na; ++q) {
+      const int64_t r = active[q];
+      const reg av = V::set1(ea[r]);
+      const T* erow = ebcol + r * ldeb;
+#pragma GCC unroll 8
+      for (int v = 0; v < NVP; ++v) acc[v] = V::add(acc[v], V::rcp(V::add(av, V::load(erow + v * W))));
+    }
+  }
+
   // Rows i of a task, columns of one kSoftJT tile. For each row, the r whose
   // scaled A lies below (min shift of the tile) - cut contribute < 2^-cut each
   // to every output of the tile and are skipped; the rest are listed once and
   // swept for every vector group of the tile.
+  //
+  // Most rows take the factored sum: with g the task's lowest scaled shift,
+  //   2^(h'-a') + 2^(h'-b') = 2^(h'-g) (EA + EB),  EA = 2^(g-a'), EB = 2^(g-b'),
+  // so  sum_r term = 2^(g-h') sum_r 1 / (EA[i,r] + EB[r,j]).  EB is computed
+  // once per task (k x kSoftJT exp2, shared by its kSoftFwdRows rows), EA once
+  // per row, and a term costs an add and a reciprocal instead of two exp2.
+  // A row takes it when its shifts lie within kSoftFactorSpread of g. Then
+  // every term that counts (>= 2^-cut) has max(EA, EB) in
+  // [2^-kSoftFactorSpread, 2^cut], so the exp2 clamp at 2^-+100 (kExp2Clamp)
+  // changes the other one by at most 2^(kSoftFactorSpread-100) of that
+  // term; terms that do not count stay finite (EA + EB <= 2^101). Other rows
+  // take the direct terms.
   static void soft_fwd(const SoftFwdArgs<T>& p, int64_t task) {
     constexpr int NV = V::soft_nv;
     constexpr int G = NV * W;
+    static_assert(kSoftJT % G == 0, "a tile holds whole vector groups");
     // Consecutive tasks take consecutive rows of the same column tile, so that
     // the tile of B (k x kSoftJT values) stays in cache between them.
-    const int64_t tiles_n = ceil_div(p.n, kSoftJT), tiles_m = ceil_div(p.m, kSoftRowsPerTask);
+    const int64_t tiles_n = ceil_div(p.n, kSoftJT), tiles_m = ceil_div(p.m, kSoftFwdRows);
     const int64_t it = task % tiles_m, jt = (task / tiles_m) % tiles_n, bi = task / (tiles_n * tiles_m);
     const int64_t j_begin = jt * kSoftJT, j_end = std::min(p.n, j_begin + kSoftJT);
-    const int64_t i_end = std::min(p.m, (it + 1) * kSoftRowsPerTask);
+    const int64_t i_begin = it * kSoftFwdRows, i_end = std::min(p.m, i_begin + kSoftFwdRows);
     thread_local std::vector<int32_t> active;
+    thread_local std::vector<T> ea, eb;
     active.resize(size_t(p.k));
     const T* bs = p.bs + bi * p.k * p.n;
-    for (int64_t i = it * kSoftRowsPerTask; i < i_end; ++i) {
+    // Each row's lowest and highest finite shift H of the tile, and g.
+    T hmin[kSoftFwdRows], hmax[kSoftFwdRows];
+    T g = pos_inf();
+    for (int64_t i = i_begin; i < i_end; ++i) {
+      const T* c = p.c + (bi * p.m + i) * p.n;
+      T lo = pos_inf(), hi = neg_inf();
+      for (int64_t j = j_begin; j < j_end; ++j)
+        if (std::isfinite(c[j])) {
+          lo = std::min(lo, c[j]);
+          hi = std::max(hi, c[j]);
+        }
+      hmin[i - i_begin] = lo;
+      hmax[i - i_begin] = hi;
+      if (lo != pos_inf()) g = std::min(g, lo * p.scale);
+    }
+    bool factored[kSoftFwdRows], any_factored = false;
+    for (int64_t i = i_begin; i < i_end; ++i) {
+      const int64_t ii = i - i_begin;
+      factored[ii] = hmin[ii] != pos_inf() && hmax[ii] * p.scale - g <= T(kSoftFactorSpread);
+      any_factored |= factored[ii];
+    }
+    const reg gv = V::set1(g);
+    const int64_t ldeb = ceil_div(j_end - j_begin, W) * W;  // the tile in whole vectors
+    if (any_factored) {
+      // EB of the tile; lanes past its end hold 2^0 = 1.
+      eb.resize(size_t(p.k * ldeb));
+      for (int64_t r = 0; r < p.k; ++r)
+        for (int64_t j = j_begin; j < j_begin + ldeb; j += W)
+          V::store(eb.data() + r * ldeb + (j - j_begin),
+                   V::exp2(V::sub(gv, V::load_partial(bs + r * p.n + j, int(j_end - j), g))));
+      ea.resize(size_t(ceil_div(p.k, W) * W));
+    }
+    for (int64_t i = i_begin; i < i_end; ++i) {
+      const int64_t ii = i - i_begin;
+      if (hmin[ii] == pos_inf()) continue;  // every H of the tile is +-inf: C = H there
       T* c = p.c + (bi * p.m + i) * p.n;
       const T* arow = p.a + (bi * p.m + i) * p.k;
-      T hmin = pos_inf();
-      for (int64_t j = j_begin; j < j_end; ++j)
-        if (std::isfinite(c[j])) hmin = std::min(hmin, c[j]);
-      if (hmin == pos_inf()) continue;  // every H of the tile is +-inf: C = H there
-      const T thr = hmin * p.scale - p.cut;
+      const T thr = hmin[ii] * p.scale - p.cut;
       int64_t na = 0;
       for (int64_t r = 0; r < p.k; ++r) {
         active[size_t(na)] = int32_t(r);
         na += (arow[r] * p.scale >= thr);
       }
+      if (factored[ii])
+        for (int64_t r = 0; r < p.k; r += W)
+          V::store(ea.data() + r,
+                   V::exp2(V::sub(gv, V::mul(V::load_partial(arow + r, int(p.k - r), T(0)), V::set1(p.scale)))));
       for (int64_t j0 = j_begin; j0 < j_end; j0 += G) {
         const int cols = int(std::min<int64_t>(G, j_end - j0));
         reg hs[NV], acc[NV];
@@ -674,12 +744,23 @@ struct Kernels {
           hs[v] = V::mul(V::load_partial(c + j0 + v * W, cols - v * W, T(0)), V::set1(p.scale));
           acc[v] = V::zero();
         }
-        if (cols == G)
+        if (factored[ii]) {
+          const T* ebcol = eb.data() + (j0 - j_begin);
+          if (cols == G)
+            soft_fwd_factored_group<NV>(active.data(), na, ea.data(), ebcol, ldeb, acc);
+          else
+            with_partial_group(cols, [&]<int NVP>() __attribute__((always_inline)) {
+              soft_fwd_factored_group<NVP>(active.data(), na, ea.data(), ebcol, ldeb, acc);
+            });
+#pragma GCC unroll 8
+          for (int v = 0; v < NV; ++v) acc[v] = V::mul(acc[v], V::exp2(V::sub(gv, hs[v])));
+        } else if (cols == G) {
           soft_fwd_group<NV, true>(active.data(), na, arow, bs + j0, p.n, p.scale, cols, hs, acc);
-        else
+        } else {
           with_partial_group(cols, [&]<int NVP>() __attribute__((always_inline)) {
             soft_fwd_group<NVP, false>(active.data(), na, arow, bs + j0, p.n, p.scale, cols, hs, acc);
           });
+        }
         T sum[G];
         for (int v = 0; v < NV; ++v) V::store_lanes(sum + v * W, acc[v]);
         for (int jj = 0; jj < cols; ++jj) {
@@ -712,11 +793,74 @@ struct Kernels {
     }
   }
 
+  // One vector group of the factored terms of soft_grad: acc[v] += gf[i][v]
+  // q^2, q = 1 / (ea[i] + eb[v]), over the listed rows i (gf's rows ld apart
+  // from gfcol). (gf q) first: gf <= g 2^(gamma-c') and q <= 2^(c'-gamma+1)
+  // for a term that counts, where q^2 alone could overflow.
+  template <int NVP, bool kWhole>
+  static inline __attribute__((always_inline)) void soft_grad_factored_group(const int32_t* active, int64_t na,
+                                                                             const T* ea, const T* gfcol, int64_t ld,
+                                                                             int cols, const reg* eb, reg* acc) {
+    for (int64_t q = 0; q < na; ++q) {
+      const int64_t i = active[q];
+      const reg av = V::set1(ea[i]);
+      const T* grow = gfcol + i * ld;
+#pragma GCC unroll 8
+      for (int v = 0; v < NVP; ++v) {
+        const reg gv = kWhole ? V::load(grow + v * W) : V::load_partial(grow + v * W, cols - v * W, T(0));
+        const reg qv = V::rcp(V::add(av, eb[v]));
+        acc[v] = V::add(acc[v], V::mul(V::mul(gv, qv), qv));
+      }
+    }
+  }
+
+  // Flush-to-zero and denormals-are-zero for the calling thread while it
+  // lives (x86; elsewhere nothing). The factored gradient terms of soft_grad
+  // that do not count are products far below float32's smallest normal
+  // (2^-126), and each denormal result cost a microcode assist: the 1024^3
+  // soft backward took 2.3x as long as with the direct terms. With g scaled
+  // to at most 1 (SoftGradArgs::gnorm), what is flushed is below 2^-126 of
+  // the largest upstream gradient.
+  struct FlushDenormals {
+#if defined(__x86_64__) || defined(__i386__)
+    unsigned saved = _mm_getcsr();
+    FlushDenormals() { _mm_setcsr(saved | 0x8040u); }  // FTZ (bit 15) | DAZ (bit 6)
+    ~FlushDenormals() { _mm_setcsr(saved); }
+#endif
+  };
+
+  // SoftGradArgs::gf of row `row` (of batch * m) for the tiles it takes the
+  // factored terms in: g * gnorm * 2^(gamma - c').
+  static void soft_grad_prep(const SoftGradArgs<T>& p, int64_t row) {
+    const int64_t tiles_n = ceil_div(p.n, kSoftJT), bi = row / p.m;
+    const T* c = p.cs + row * p.n;
+    const T* g = p.g + row * p.n;
+    T* gf = p.gf + row * p.n;
+    const reg sv = V::set1(p.scale), nv = V::set1(p.gnorm);
+    for (int64_t t = 0; t < tiles_n; ++t) {
+      if (!p.fact[row * tiles_n + t]) continue;
+      const reg gam = V::set1(p.gamma[bi * tiles_n + t]);
+      for (int64_t j = t * kSoftJT; j < std::min(p.n, (t + 1) * kSoftJT); j += W) {
+        const int cnt = int(std::min<int64_t>(W, p.n - j));
+        const reg e = V::exp2(V::sub(gam, V::mul(V::load_partial(c + j, cnt, T(0)), sv)));
+        V::store_partial(gf + j, V::mul(V::mul(V::load_partial(g + j, cnt, T(0)), nv), e), cnt);
+      }
+    }
+  }
+
   // dC/dB for rows r of one task and the columns of one kSoftJT tile:
   //   dB[r, j] = sum_i g[i,j] * v * p^2,  u = exp2(c'-a'), v = exp2(c'-b'), p = 1/(u+v).
   // The rows i whose scaled A[i, r] lies below (min c' of the tile) - cut are
   // skipped (p < 2^-cut). dC/dA is this same kernel on the transposed problem
   // C^T = B^T (max,min) A^T, so the two gradients share one body.
+  //
+  // As in soft_fwd, the rows whose c' lie within kSoftFactorSpread of the
+  // tile's lowest (gamma, over all rows) take factored terms: with
+  // EA = 2^(gamma-a'), EB = 2^(gamma-b'),
+  //   v p^2 = EB 2^(gamma-c') / (EA + EB)^2,
+  // so  dB[r, j] = EB[r,j] sum_i gf[i,j] / (EA[i,r] + EB[r,j])^2  with
+  // gf = g 2^(gamma-c') made once per output (soft_grad_prep): an add, a
+  // reciprocal and two products per term instead of two exp2.
   static void soft_grad(const SoftGradArgs<T>& p, int64_t task) {
     constexpr int NV = V::soft_nv;
     constexpr int G = NV * W;
@@ -726,34 +870,65 @@ struct Kernels {
     const int64_t rt = task % tiles_k, jt = (task / tiles_k) % tiles_n, bi = task / (tiles_n * tiles_k);
     const int64_t j_begin = jt * kSoftJT, j_end = std::min(p.n, j_begin + kSoftJT);
     const int64_t r_end = std::min(p.k, (rt + 1) * kSoftRowsPerTask);
-    thread_local std::vector<int32_t> active;
+    thread_local std::vector<int32_t> active, active_f;
+    thread_local std::vector<T> ea;
     active.resize(size_t(p.m));
+    active_f.resize(size_t(p.m));
+    ea.resize(size_t(ceil_div(p.m, W) * W));
     const T* cs = p.cs + bi * p.m * p.n;
     const T* g = p.g + bi * p.m * p.n;
+    const T* gf = p.gf ? p.gf + bi * p.m * p.n : nullptr;
     const T* cmin = p.cmin + bi * p.m * tiles_n + jt;
+    const uint8_t* fact = p.fact + bi * p.m * tiles_n + jt;
+    const reg gam = V::set1(p.gamma[bi * tiles_n + jt]);
+    const reg sv = V::set1(p.scale), unnorm = V::set1(T(1) / p.gnorm);
     for (int64_t r = rt * kSoftRowsPerTask; r < r_end; ++r) {
       const T* at = p.at + (bi * p.k + r) * p.m;
       const T* brow = p.bs + (bi * p.k + r) * p.n;
       T* db = p.db + bi * p.db_sb + r * p.db_sr;
-      int64_t na = 0;
+      int64_t na = 0, nf = 0;
       for (int64_t i = 0; i < p.m; ++i) {
+        const bool keep = at[i] * p.scale >= cmin[i * tiles_n] - p.cut, f = fact[i * tiles_n] != 0;
         active[size_t(na)] = int32_t(i);
-        na += (at[i] * p.scale >= cmin[i * tiles_n] - p.cut);
+        active_f[size_t(nf)] = int32_t(i);
+        na += keep && !f;
+        nf += keep && f;
       }
-      const reg sv = V::set1(p.scale);
+      if (nf)
+        for (int64_t i = 0; i < p.m; i += W)
+          V::store(ea.data() + i, V::exp2(V::sub(gam, V::mul(V::load_partial(at + i, int(p.m - i), T(0)), sv))));
       for (int64_t j0 = j_begin; j0 < j_end; j0 += G) {
         const int cols = int(std::min<int64_t>(G, j_end - j0));
-        reg bv[NV], acc[NV];
+        reg bv[NV], eb[NV], acc[NV], acc_f[NV];
         for (int v = 0; v < NV; ++v) {
           bv[v] = V::mul(V::load_partial(brow + j0 + v * W, cols - v * W, T(0)), sv);
+          eb[v] = V::exp2(V::sub(gam, bv[v]));
           acc[v] = V::zero();
+          acc_f[v] = V::zero();
         }
-        if (cols == G)
+        if (cols == G) {
           soft_grad_group<NV, true>(active.data(), na, at, cs + j0, g + j0, p.n, p.scale, cols, bv, acc);
-        else
+        } else {
           with_partial_group(cols, [&]<int NVP>() __attribute__((always_inline)) {
             soft_grad_group<NVP, false>(active.data(), na, at, cs + j0, g + j0, p.n, p.scale, cols, bv, acc);
           });
+        }
+        if (nf) {
+          // Flushed: the factored sums only, on g scaled to at most 1 (the
+          // direct terms and the gradient at its own scale keep denormals).
+          alignas(64) T sums[G];
+          {
+            const FlushDenormals flush;
+            if (cols == G)
+              soft_grad_factored_group<NV, true>(active_f.data(), nf, ea.data(), gf + j0, p.n, cols, eb, acc_f);
+            else
+              with_partial_group(cols, [&]<int NVP>() __attribute__((always_inline)) {
+                soft_grad_factored_group<NVP, false>(active_f.data(), nf, ea.data(), gf + j0, p.n, cols, eb, acc_f);
+              });
+            for (int v = 0; v < NV; ++v) V::store_lanes(sums + v * W, V::mul(acc_f[v], eb[v]));
+          }
+          for (int v = 0; v < NV; ++v) acc[v] = V::add(acc[v], V::mul(V::load(sums + v * W), unnorm));
+        }
         store_row(db, j0, p.db_sj, acc, cols);
       }
     }
@@ -982,7 +1157,7 @@ struct Kernels {
   static HardKernelTable<T> hard_table() { return {&hard, &argmax, &scatter_a, &scatter_b}; }
 
   static KernelTable<T> table(const char* name) {
-    return {name,       &hard,      &argmax,    &soft_fwd,      &soft_grad, &soft_grad_whole,
+    return {name,       &hard,      &argmax,    &soft_fwd,      &soft_grad, &soft_grad_prep, &soft_grad_whole,
             &scatter_a, &scatter_b, &scatter_whole, &transpose};
   }
 };

@@ -307,25 +307,40 @@ at::Tensor soft_forward(const at::Tensor& A_in, const at::Tensor& B_in, double t
 
 namespace {
 
-// Per row, the minimum over each kSoftJT column tile of C * s where C is finite
-// (+inf when the tile has none): the skip threshold of Kernels::soft_grad.
-// An undefined mask means every C is finite.
+// The shifts of Kernels::soft_grad for Cs [b, m, n] (and `not_finite`, its
+// mask, undefined when every C is finite): per row and kSoftJT column tile
+// the lowest C * s where C is finite (cmin, +inf when the tile has none: the
+// skip threshold); per tile the lowest of those over the rows (gamma); and
+// per row and tile whether its C * s lie within kSoftFactorSpread of gamma
+// (fact: the row takes the factored terms there).
+struct SoftGradShifts {
+  at::Tensor cmin, gamma, fact;
+};
+
 template <class T>
-at::Tensor tile_min_finite(const at::Tensor& Cs, const at::Tensor& not_finite, double s) {
+SoftGradShifts soft_grad_shifts(const at::Tensor& Cs, const at::Tensor& not_finite, double s) {
   const int64_t batch = Cs.size(0), m = Cs.size(1), n = Cs.size(2), tiles = ceil_div(n, kSoftJT);
-  at::Tensor out = at::empty({batch, m, tiles}, Cs.options());
+  at::Tensor cmin = at::empty({batch, m, tiles}, Cs.options());
+  at::Tensor cmax = at::empty({batch, m, tiles}, Cs.options());
   const T* c = Cs.data_ptr<T>();
   const bool* skip = not_finite.defined() ? not_finite.data_ptr<bool>() : nullptr;
-  T* o = out.data_ptr<T>();
+  T* lo = cmin.data_ptr<T>();
+  T* hi = cmax.data_ptr<T>();
   run_tasks(batch * m, [&](int64_t row) {
     for (int64_t t = 0; t < tiles; ++t) {
-      T best = std::numeric_limits<T>::infinity();
+      T best = std::numeric_limits<T>::infinity(), top = -std::numeric_limits<T>::infinity();
       for (int64_t j = t * kSoftJT; j < std::min(n, (t + 1) * kSoftJT); ++j)
-        if (!skip || !skip[row * n + j]) best = std::min(best, T(c[row * n + j] * s));
-      o[row * tiles + t] = best;
+        if (!skip || !skip[row * n + j]) {
+          best = std::min(best, T(c[row * n + j] * s));
+          top = std::max(top, T(c[row * n + j] * s));
+        }
+      lo[row * tiles + t] = best;
+      hi[row * tiles + t] = top;
     }
   });
-  return out;
+  at::Tensor gamma = std::get<0>(cmin.min(1));  // [b, tiles]
+  at::Tensor fact = cmin.isfinite().logical_and_((cmax - gamma.unsqueeze(1)).le_(kSoftFactorSpread));
+  return {cmin, gamma.contiguous(), fact.to(at::kByte).contiguous()};
 }
 
 // dC/dB of C = A (soft max,min) B (see Kernels::soft_grad) from contiguous
@@ -337,11 +352,21 @@ template <class T>
 void soft_grad_rhs(const at::Tensor& At, const at::Tensor& B, const at::Tensor& C, const at::Tensor& G,
                    const at::Tensor& not_finite, double s, at::Tensor out) {
   const int64_t batch = B.size(0), k = B.size(1), n = B.size(2), m = C.size(1);
-  const at::Tensor cmin = tile_min_finite<T>(C, not_finite, s);
-  SoftGradArgs<T> p{At.data_ptr<T>(), B.data_ptr<T>(), C.data_ptr<T>(), G.data_ptr<T>(), cmin.data_ptr<T>(),
+  const SoftGradShifts sh = soft_grad_shifts<T>(C, not_finite, s);
+  SoftGradArgs<T> p{At.data_ptr<T>(), B.data_ptr<T>(), C.data_ptr<T>(), G.data_ptr<T>(), sh.cmin.data_ptr<T>(),
                     out.data_ptr<T>(), out.stride(0), out.stride(1), out.stride(2),
                     batch, m, n, k, T(s), T(soft_cutoff(k > m ? k : m))};
+  p.gamma = sh.gamma.data_ptr<T>();
+  p.fact = sh.fact.data_ptr<uint8_t>();
   const auto& kt = table_for<T>();
+  at::Tensor gf;
+  if (sh.fact.any().item<bool>()) {
+    const double gmax = G.abs().max().template item<double>();
+    if (gmax > 0 && std::isfinite(T(1.0 / gmax))) p.gnorm = T(1.0 / gmax);
+    gf = empty_output(C.sizes(), C.options());
+    p.gf = gf.data_ptr<T>();
+    run_tasks(batch * m, [&](int64_t row) { kt.soft_grad_prep(p, row); });
+  }
   run_tasks_dynamic(p.num_tasks(), [&](int64_t t) { kt.soft_grad(p, t); });
 }
 
