@@ -361,7 +361,8 @@ void soft_grad_rhs(const at::Tensor& At, const at::Tensor& B, const at::Tensor& 
   const auto& kt = table_for<T>();
   at::Tensor gf;
   if (sh.fact.any().item<bool>()) {
-    const double gmax = G.abs().max().template item<double>();
+    const auto [gmin, gtop] = at::aminmax(G);  // (no |G| temporary)
+    const double gmax = std::max(-gmin.template item<double>(), gtop.template item<double>());
     if (gmax > 0 && std::isfinite(T(1.0 / gmax))) p.gnorm = T(1.0 / gmax);
     gf = empty_output(C.sizes(), C.options());
     p.gf = gf.data_ptr<T>();
