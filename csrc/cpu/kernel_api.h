@@ -176,6 +176,7 @@ struct SoftWholeArgs {
   T* db;        // contiguous [batch, k, n], written whole
   int64_t batch, m, n, k;
   T scale;
+  T gnorm = T(1);  // g scaled by this (1 / max |g|, or 1) under flush-to-zero (Kernels::FlushDenormals)
   static constexpr int64_t kMaxElems = 4096;
   static constexpr int64_t kTaskTerms = int64_t(1) << 16;
   static bool applies(int64_t m, int64_t n, int64_t k) { return m * k + k * n + m * n <= kMaxElems; }

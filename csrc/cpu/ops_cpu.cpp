@@ -343,6 +343,16 @@ SoftGradShifts soft_grad_shifts(const at::Tensor& Cs, const at::Tensor& not_fini
   return {cmin, gamma.contiguous(), fact.to(at::kByte).contiguous()};
 }
 
+// 1 / max |G| where that is a finite float, else 1: the soft gradient kernels
+// scale G by it where they flush denormals (Kernels::FlushDenormals), so that
+// what they flush is relative to the largest upstream gradient.
+template <class T>
+T gradient_norm(const at::Tensor& G) {
+  const auto [lo, hi] = at::aminmax(G);  // (no |G| temporary)
+  const double gmax = std::max(-lo.template item<double>(), hi.template item<double>());
+  return gmax > 0 && std::isfinite(gmax) && std::isfinite(T(1.0 / gmax)) ? T(1.0 / gmax) : T(1);
+}
+
 // dC/dB of C = A (soft max,min) B (see Kernels::soft_grad) from contiguous
 // unscaled operands At = A^T [b,k,m], B [b,k,n], C and G with zeros where C is
 // not finite [b,m,n], and that mask (bool [b,m,n], undefined when all finite).
@@ -361,9 +371,7 @@ void soft_grad_rhs(const at::Tensor& At, const at::Tensor& B, const at::Tensor& 
   const auto& kt = table_for<T>();
   at::Tensor gf;
   if (sh.fact.any().item<bool>()) {
-    const auto [gmin, gtop] = at::aminmax(G);  // (no |G| temporary)
-    const double gmax = std::max(-gmin.template item<double>(), gtop.template item<double>());
-    if (gmax > 0 && std::isfinite(T(1.0 / gmax))) p.gnorm = T(1.0 / gmax);
+    p.gnorm = gradient_norm<T>(G);
     gf = empty_output(C.sizes(), C.options());
     p.gf = gf.data_ptr<T>();
     run_tasks(batch * m, [&](int64_t row) { kt.soft_grad_prep(p, row); });
@@ -402,9 +410,10 @@ std::tuple<at::Tensor, at::Tensor> soft_backward(const at::Tensor& grad_in, cons
       const at::Tensor A = A_in.to(ct).contiguous(), B = B_in.to(ct).contiguous();
       dA = empty_output({batch, m, k}, B.options());
       dB = empty_output({batch, k, n}, B.options());
-      const SoftWholeArgs<scalar_t> p{A.data_ptr<scalar_t>(),  B.data_ptr<scalar_t>(),  C.data_ptr<scalar_t>(),
-                                      G.data_ptr<scalar_t>(),  dA.data_ptr<scalar_t>(), dB.data_ptr<scalar_t>(),
-                                      batch, m, n, k, scalar_t(s)};
+      SoftWholeArgs<scalar_t> p{A.data_ptr<scalar_t>(),  B.data_ptr<scalar_t>(),  C.data_ptr<scalar_t>(),
+                                G.data_ptr<scalar_t>(),  dA.data_ptr<scalar_t>(), dB.data_ptr<scalar_t>(),
+                                batch, m, n, k, scalar_t(s)};
+      p.gnorm = gradient_norm<scalar_t>(G);
       const auto& kt = table_for<scalar_t>();
       run_tasks(p.num_tasks(), [&](int64_t t) { kt.soft_grad_whole(p, t); });
       return;
