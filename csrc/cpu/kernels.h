@@ -680,7 +680,8 @@ struct Kernels {
     constexpr int G = NV * W;
     static_assert(kSoftJT % G == 0, "a tile holds whole vector groups");
     // Consecutive tasks take consecutive rows of the same column tile, so that
-    // the tile of B (k x kSoftJT values) stays in cache between them.
+    // the tile of B (k x kSoftJT values, read for EB and by the direct terms)
+    // stays in cache between them.
     const int64_t tiles_n = ceil_div(p.n, kSoftJT), tiles_m = ceil_div(p.m, kSoftFwdRows);
     const int64_t it = task % tiles_m, jt = (task / tiles_m) % tiles_n, bi = task / (tiles_n * tiles_m);
     const int64_t j_begin = jt * kSoftJT, j_end = std::min(p.n, j_begin + kSoftJT);
