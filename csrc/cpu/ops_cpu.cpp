@@ -357,10 +357,11 @@ T gradient_norm(const at::Tensor& G) {
 // unscaled operands At = A^T [b,k,m], B [b,k,n], C and G with zeros where C is
 // not finite [b,m,n], and that mask (bool [b,m,n], undefined when all finite).
 // The result goes into `out`, viewed as [b, k, n] (any strides: the transposed
-// call writes dA [b, m, k] through its transpose).
+// call writes dA [b, m, k] through its transpose). gnorm: gradient_norm(G),
+// the same for G and its transpose.
 template <class T>
 void soft_grad_rhs(const at::Tensor& At, const at::Tensor& B, const at::Tensor& C, const at::Tensor& G,
-                   const at::Tensor& not_finite, double s, at::Tensor out) {
+                   const at::Tensor& not_finite, double s, T gnorm, at::Tensor out) {
   const int64_t batch = B.size(0), k = B.size(1), n = B.size(2), m = C.size(1);
   const SoftGradShifts sh = soft_grad_shifts<T>(C, not_finite, s);
   SoftGradArgs<T> p{At.data_ptr<T>(), B.data_ptr<T>(), C.data_ptr<T>(), G.data_ptr<T>(), sh.cmin.data_ptr<T>(),
@@ -371,7 +372,7 @@ void soft_grad_rhs(const at::Tensor& At, const at::Tensor& B, const at::Tensor& 
   const auto& kt = table_for<T>();
   at::Tensor gf;
   if (sh.fact.any().item<bool>()) {
-    p.gnorm = gradient_norm<T>(G);
+    p.gnorm = gnorm;
     gf = empty_output(C.sizes(), C.options());
     p.gf = gf.data_ptr<T>();
     run_tasks(batch * m, [&](int64_t row) { kt.soft_grad_prep(p, row); });
@@ -406,6 +407,7 @@ std::tuple<at::Tensor, at::Tensor> soft_backward(const at::Tensor& grad_in, cons
       C = C.masked_fill(not_finite, 0);
       G = G.masked_fill(not_finite, 0);
     }
+    const scalar_t gnorm = gradient_norm<scalar_t>(G);  // one aminmax: G^T has the same
     if (SoftWholeArgs<scalar_t>::applies(m, n, k)) {  // small products: both gradients in one pass
       const at::Tensor A = A_in.to(ct).contiguous(), B = B_in.to(ct).contiguous();
       dA = empty_output({batch, m, k}, B.options());
@@ -413,7 +415,7 @@ std::tuple<at::Tensor, at::Tensor> soft_backward(const at::Tensor& grad_in, cons
       SoftWholeArgs<scalar_t> p{A.data_ptr<scalar_t>(),  B.data_ptr<scalar_t>(),  C.data_ptr<scalar_t>(),
                                 G.data_ptr<scalar_t>(),  dA.data_ptr<scalar_t>(), dB.data_ptr<scalar_t>(),
                                 batch, m, n, k, scalar_t(s)};
-      p.gnorm = gradient_norm<scalar_t>(G);
+      p.gnorm = gnorm;
       const auto& kt = table_for<scalar_t>();
       run_tasks(p.num_tasks(), [&](int64_t t) { kt.soft_grad_whole(p, t); });
       return;
@@ -421,14 +423,14 @@ std::tuple<at::Tensor, at::Tensor> soft_backward(const at::Tensor& grad_in, cons
     const at::Tensor At = transposed_copy<scalar_t>(A_in.to(ct));  // [b,k,m]
     const at::Tensor B = B_in.to(ct).contiguous();                 // [b,k,n]
     dB = empty_output({batch, k, n}, B.options());
-    soft_grad_rhs<scalar_t>(At, B, C, G, not_finite, s, dB);
+    soft_grad_rhs<scalar_t>(At, B, C, G, not_finite, s, gnorm, dB);
     // dA^T is the right-hand gradient of C^T = B^T (max,min) A^T: the roles of
     // At and B swap; C and G are replaced by their transposes one at a time.
     G = transposed_copy<scalar_t>(G);
     C = transposed_copy<scalar_t>(C);
     if (any_inf) not_finite = transposed_copy<bool>(not_finite);
     dA = empty_output({batch, m, k}, B.options());
-    soft_grad_rhs<scalar_t>(B, At, C, G, not_finite, s, dA.transpose(1, 2));
+    soft_grad_rhs<scalar_t>(B, At, C, G, not_finite, s, gnorm, dA.transpose(1, 2));
   });
   return {dA.to(A_in.scalar_type()), dB.to(A_in.scalar_type())};
 }
