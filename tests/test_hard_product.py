@@ -242,6 +242,24 @@ def test_deep_products_bit_identical(isa, m, k, n, kind):
     check_exact(rand(m, k, kind=kind, gen=g), rand(k, n, kind=kind, gen=g))
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_operands_packed_once_bit_identical(isa, kind):
+    # Products with more than one column block of C (256 columns) pack A once
+    # for all their tasks, and with more than one row block (48 to 192 rows,
+    # by the work) pack B once: a parallel pass before the product, strips of
+    # each depth chunk of each product. Here both, over a batch, two depth
+    # chunks (the last one ragged), with and without the argmax, on contiguous,
+    # transposed and sliced operands and B broadcast over the batch.
+    g = torch.Generator().manual_seed(11 + KINDS.index(kind))
+    k = KC + 40
+    A = rand(2, 60, k, kind=kind, gen=g)
+    B = rand(2, k, 290, kind=kind, gen=g)
+    check_exact(A, B)
+    check_exact(A.transpose(1, 2).contiguous().transpose(1, 2), B.transpose(1, 2).contiguous().transpose(1, 2))
+    check_exact(rand(130, 2 * k, kind=kind, gen=g)[::2, ::2], rand(k, 600, kind=kind, gen=g)[:, 1::2])
+    check_exact(A, B[0])
+
+
 @pytest.mark.parametrize("k", [1024, 1030])
 @pytest.mark.parametrize("kind", ["uniform", "ties"])
 def test_search_through_large_copy_of_b(isa, k, kind):
@@ -336,7 +354,8 @@ def test_small_products_split_by_work(isa, batch, m, k, n):
 
 
 @pytest.mark.parametrize("with_argmax", [False, True])
-def test_blocks_on_both_instruction_paths(isa, with_argmax):
+@pytest.mark.parametrize("n", [150, 300])  # B packed once; both operands packed once (two column blocks)
+def test_blocks_on_both_instruction_paths(isa, with_argmax, n):
     # Each cache block of the CPU kernel picks its min instruction from what
     # its packed operands hold: the integer min on the bits for values >= +0
     # or -inf, the float min otherwise (a negative value, -0.0). Here the
@@ -345,7 +364,7 @@ def test_blocks_on_both_instruction_paths(isa, with_argmax):
     # (rows KC..2KC) that holds the max of columns < 100 (the other chunks
     # are -10 there), and a -0.0 in the last chunk.
     g = torch.Generator().manual_seed(7)
-    m, k, n = 200, 2 * KC + 188, 150
+    m, k = 200, 2 * KC + 188
     A, B = rand(m, k, kind="ties", gen=g), rand(k, n, kind="ties", gen=g)
     A[150:] -= 3.0
     B[KC : 2 * KC] -= 5.0
@@ -361,6 +380,26 @@ def test_blocks_on_both_instruction_paths(isa, with_argmax):
     C, idx = vico_flow.minmax_matmul_with_argmax(A + 3.0, B + 3.0)
     C_ref, idx_ref = reference.minmax_matmul_argmax(A + 3.0, B + 3.0)
     assert torch.equal(C, C_ref) and torch.equal(idx.long(), idx_ref)
+
+
+@pytest.mark.parametrize("n", [100, 300])  # B packed once; both operands packed once
+@pytest.mark.parametrize("minus_zero_in_a", [True, False])
+def test_minus_zero_against_minus_inf_on_the_integer_path(isa, n, minus_zero_in_a):
+    # As an integer, -0.0 is below every other value, -inf included: a block
+    # holding it must take the float min, where min(-0.0, -inf) = -inf, even
+    # when the other operand's block is all >= +0 or -inf. One output meets
+    # only that pair; the rest of its row and column are -inf or >= +0.
+    g = torch.Generator().manual_seed(n)
+    m, k, r, j = 100, 40, 5, n - 50
+    A, B = rand(m, k, gen=g), rand(k, n, gen=g)
+    if minus_zero_in_a:
+        A[7] = -math.inf
+        A[7, r], B[r, j] = -0.0, -math.inf
+    else:
+        B[:, j] = -math.inf
+        B[r, j], A[7, r] = -0.0, -math.inf
+    check_exact(A, B)
+    assert vico_flow.minmax_matmul(A, B)[7, j] == -math.inf
 
 
 def test_half_precision_grads_match_reference(isa):

@@ -155,9 +155,11 @@ def test_bad_inputs_raise_clear_errors(name):
 
 # (m, k, n) reaching each CPU kernel path: the small-product path (B gathered,
 # and B's rows read in place), the cache-
-# tiled path with several depth chunks and ragged edges, and rows enough for the
-# winner search to use its transposed copy of B.
-NAN_SHAPES = [(5, 9, 7), (4, 16, 16), (64, 256, 32), (70, 300, 90), (33, 513, 40)]
+# tiled path with several depth chunks and ragged edges, rows enough for the
+# winner search to use its transposed copy of B, and both operands packed once
+# before the product's tasks (more than one row block and column block; two
+# depth chunks).
+NAN_SHAPES = [(5, 9, 7), (4, 16, 16), (64, 256, 32), (70, 300, 90), (33, 513, 40), (50, 1040, 300)]
 
 
 @given(

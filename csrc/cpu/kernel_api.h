@@ -14,7 +14,7 @@ namespace cpu {
 
 // Cache tiling of the hard product (same for every ISA, so task counts are
 // ISA independent). mc rows x NC columns of C per task (mc a multiple of
-// kHardMC, chosen per call: larger blocks re-pack B less often), depth in
+// kHardMC, chosen per call: larger blocks read B less often), depth in
 // chunks of kHardKC. A chunk is deep: one B strip of a chunk (kHardKC x 64
 // values, 256 KB) stays in L2 while the A strips stream past it, and every
 // output merges its register tile into C once per chunk, which for the
@@ -89,6 +89,44 @@ struct HardArgs {
   int64_t num_tasks() const {
     return small() ? ceil_div(batch, products_per_task()) : batch * ceil_div(m, mc) * ceil_div(n, kHardNC);
   }
+
+  // Operands packed once for the whole product (Kernels::hard_pack, a parallel
+  // pass before the product's tasks), each nullable. Without them every task
+  // packs its own blocks: A once per column block of C and B once per row
+  // block, and at 2048^3 (11 row blocks, 8 column blocks) that packing took
+  // about a quarter of the forward. Layout: per product and depth chunk, the
+  // strips of mr rows of A (nr columns of B) as a task packs them (kp x mr,
+  // kp x nr; kp = packed_depth), one after another; pa_bits / pb_bits: per
+  // strip, 1 where V::bits_min applies to all its values. mr and nr are the
+  // register tile of the ISA that runs the product (KernelTable::hard_mr, hard_nr).
+  T* pa = nullptr;
+  T* pb = nullptr;
+  uint8_t* pa_bits = nullptr;
+  uint8_t* pb_bits = nullptr;
+  int64_t mr = 0, nr = 0;
+  // A task of hard_pack packs this many strips of A (48 rows: 192 KB at
+  // 1024-deep chunks) or one strip of B.
+  static constexpr int64_t kPackStripsA = 8;
+  int64_t chunks() const { return ceil_div(k, kHardKC); }
+  int64_t chunk_depth(int64_t c) const { return std::min(kHardKC, k - c * kHardKC); }
+  // Depth of a packed chunk: the tracked tile runs whole sub-chunks (the
+  // packing pads with -inf).
+  int64_t packed_depth(int64_t kc) const { return sub ? ceil_div(kc, kHardSub) * kHardSub : kc; }
+  int64_t packed_total_depth() const { return (chunks() - 1) * kHardKC + packed_depth(chunk_depth(chunks() - 1)); }
+  int64_t a_strips() const { return ceil_div(m, mr); }
+  int64_t b_strips() const { return ceil_div(n, nr); }
+  // Where strip s (of `strips`, each `width` wide) of chunk c of product bi
+  // starts in pa or pb, and its index in pa_bits or pb_bits. Every chunk
+  // before the last is kHardKC deep.
+  int64_t packed_offset(int64_t strips, int64_t width, int64_t bi, int64_t c, int64_t s) const {
+    return (bi * packed_total_depth() * strips + c * kHardKC * strips + s * packed_depth(chunk_depth(c))) * width;
+  }
+  int64_t strip_index(int64_t strips, int64_t bi, int64_t c, int64_t s) const { return (bi * chunks() + c) * strips + s; }
+  int64_t packed_a_size() const { return batch * packed_total_depth() * a_strips() * mr; }
+  int64_t packed_b_size() const { return batch * packed_total_depth() * b_strips() * nr; }
+  int64_t pack_a_tasks() const { return pa ? ceil_div(a_strips(), kPackStripsA) : 0; }
+  int64_t pack_b_tasks() const { return pb ? b_strips() : 0; }
+  int64_t pack_tasks() const { return batch * chunks() * (pack_a_tasks() + pack_b_tasks()); }
 };
 
 template <class T>
@@ -227,6 +265,8 @@ template <class T>
 struct KernelTable {
   const char* isa;
   void (*hard)(const HardArgs<T>&, int64_t task);
+  void (*hard_pack)(const HardArgs<T>&, int64_t task);  // HardArgs::pa / pb, before `hard`
+  int hard_mr, hard_nr;  // the register tile: HardArgs::mr, nr
   void (*argmax)(const ArgmaxArgs<T>&, int64_t task);  // winner search after `hard` with HardArgs::sub
   void (*soft_fwd)(const SoftFwdArgs<T>&, int64_t task);
   void (*soft_grad)(const SoftGradArgs<T>&, int64_t task);
@@ -244,6 +284,8 @@ struct KernelTable {
 template <class T>
 struct HardKernelTable {
   void (*hard)(const HardArgs<T>&, int64_t task);
+  void (*hard_pack)(const HardArgs<T>&, int64_t task);
+  int hard_mr, hard_nr;
   void (*argmax)(const ArgmaxArgs<T>&, int64_t task);
   void (*scatter_a)(const ScatterArgs<T>&, int64_t task);
   void (*scatter_b)(const ScatterArgs<T>&, int64_t task);

@@ -400,24 +400,34 @@ struct Kernels {
     Track* tr = p.sub ? &track : nullptr;
     const int64_t mc_pad = ceil_div(mc, MR) * MR, nc_pad = ceil_div(nc, NR) * NR;
     const int64_t depth = std::min(kHardKC, ceil_div(p.k, kHardSub) * kHardSub);  // the deepest chunk, padded
-    abuf.resize(size_t(mc_pad * depth));
-    bbuf.resize(size_t(nc_pad * depth));
-    for (int64_t r0 = 0; r0 < p.k; r0 += kHardKC) {
-      const int64_t kc = std::min(kHardKC, p.k - r0);
-      const int64_t kp = tr ? ceil_div(kc, kHardSub) * kHardSub : kc;  // tracking runs whole sub-chunks
-      pack_b(p, bi, jc, nc, r0, kc, kp, bbuf.data());
-      pack_a(p, bi, ic, mc, r0, kc, kp, abuf.data());
-      // Both blocks are scanned (each scan notes NaN), then the ops they allow are picked.
-      const bool b_bits = scan_packed(p, bbuf.data(), nc_pad * kp);
-      const bool a_bits = scan_packed(p, abuf.data(), mc_pad * kp);
-      const bool bits = b_bits && a_bits;
+    if (!p.pa) abuf.resize(size_t(mc_pad * depth));
+    if (!p.pb) bbuf.resize(size_t(nc_pad * depth));
+    for (int64_t r0 = 0, chunk = 0; r0 < p.k; r0 += kHardKC, ++chunk) {
+      const int64_t kc = p.chunk_depth(chunk), kp = p.packed_depth(kc);
+      // The blocks of this task, packed once for the product or here; each is
+      // scanned as it is packed (noting NaN), then the ops they allow are picked.
+      const T* const ablock = p.pa ? p.pa + p.packed_offset(p.a_strips(), MR, bi, chunk, ic / MR) : abuf.data();
+      const T* const bblock = p.pb ? p.pb + p.packed_offset(p.b_strips(), NR, bi, chunk, jc / NR) : bbuf.data();
+      bool bits;
+      if (p.pb) {
+        bits = all_bits(p.pb_bits + p.strip_index(p.b_strips(), bi, chunk, jc / NR), nc_pad / NR);
+      } else {
+        pack_b(p, bi, jc, nc, r0, kc, kp, bbuf.data());
+        bits = scan_packed(p, bbuf.data(), nc_pad * kp);
+      }
+      if (p.pa) {
+        bits = all_bits(p.pa_bits + p.strip_index(p.a_strips(), bi, chunk, ic / MR), mc_pad / MR) && bits;
+      } else {
+        pack_a(p, bi, ic, mc, r0, kc, kp, abuf.data());
+        bits = scan_packed(p, abuf.data(), mc_pad * kp) && bits;
+      }
       // A B strip (kc x NR, up to 256 KB) stays in L2 while the A strips
       // (MR x kc) stream past it.
       for (int64_t t = 0; t < nc; t += NR) {
-        const T* bp = bbuf.data() + (t / NR) * kp * NR;
+        const T* bp = bblock + (t / NR) * kp * NR;
         for (int64_t si = 0; si < mc; si += MR) {
           reg acc[MR][V::hard_nv];
-          const T* ap = abuf.data() + (si / MR) * kp * MR;
+          const T* ap = ablock + (si / MR) * kp * MR;
           if (tr && bits)
             micro_tracked<true>(ap, bp, kp, acc, tr, int32_t(r0));
           else if (tr)
@@ -432,6 +442,32 @@ struct Kernels {
       }
     }
     if (tr && p.stream_sub) V::stream_fence();  // the search (another parallel region) reads the ids
+  }
+
+  // One task of packing the operands once for the whole product (HardArgs::pa,
+  // pb): kPackStripsA strips of A or one strip of B, of one depth chunk of one
+  // product, packed as `hard` would pack them and scanned (NaN noted, bits_min
+  // flag per strip).
+  static void hard_pack(const HardArgs<T>& p, int64_t task) {
+    const int64_t per_chunk = p.pack_a_tasks() + p.pack_b_tasks();
+    const int64_t bi = task / (p.chunks() * per_chunk), chunk = task / per_chunk % p.chunks(), q = task % per_chunk;
+    const int64_t r0 = chunk * kHardKC, kc = p.chunk_depth(chunk), kp = p.packed_depth(kc);
+    if (q < p.pack_a_tasks()) {
+      const int64_t s0 = q * HardArgs<T>::kPackStripsA, s1 = std::min(p.a_strips(), s0 + HardArgs<T>::kPackStripsA);
+      T* const dst = p.pa + p.packed_offset(p.a_strips(), MR, bi, chunk, s0);
+      pack_a(p, bi, s0 * MR, std::min(p.m, s1 * MR) - s0 * MR, r0, kc, kp, dst);
+      for (int64_t s = s0; s < s1; ++s)
+        p.pa_bits[p.strip_index(p.a_strips(), bi, chunk, s)] = scan_packed(p, dst + (s - s0) * kp * MR, kp * MR);
+    } else {
+      const int64_t t = q - p.pack_a_tasks();
+      T* const dst = p.pb + p.packed_offset(p.b_strips(), NR, bi, chunk, t);
+      pack_b(p, bi, t * NR, std::min<int64_t>(NR, p.n - t * NR), r0, kc, kp, dst);
+      p.pb_bits[p.strip_index(p.b_strips(), bi, chunk, t)] = scan_packed(p, dst, kp * NR);
+    }
+  }
+
+  static bool all_bits(const uint8_t* flags, int64_t count) {
+    return std::all_of(flags, flags + count, [](uint8_t f) { return f != 0; });
   }
 
   // ------------------------------------------------------------ hard argmax
@@ -1176,11 +1212,12 @@ struct Kernels {
     transpose_rest(p, task, c0);
   }
 
-  static HardKernelTable<T> hard_table() { return {&hard, &argmax, &scatter_a, &scatter_b}; }
+  static HardKernelTable<T> hard_table() { return {&hard, &hard_pack, MR, NR, &argmax, &scatter_a, &scatter_b}; }
 
   static KernelTable<T> table(const char* name) {
-    return {name,       &hard,      &argmax,    &soft_fwd,      &soft_grad, &soft_grad_prep, &soft_grad_whole,
-            &scatter_a, &scatter_b, &scatter_whole, &transpose};
+    return {name,           &hard,      &hard_pack, MR,         NR,        &argmax,        &soft_fwd,
+            &soft_grad,     &soft_grad_prep,        &soft_grad_whole,      &scatter_a,     &scatter_b,
+            &scatter_whole, &transpose};
   }
 };
 
