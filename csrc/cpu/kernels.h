@@ -1134,27 +1134,32 @@ struct Kernels {
       for (; j < j1; ++j)
         if (!winner_to_a(w[j])) slab[size_t(winner_index(w[j]) * C + (j - j0))] += g[j];
     }
-    T* out = p.db + bi * p.k * p.n;
-    if (p.stream) {
-      for (int64_t r = 0; r < p.k; ++r) stream_copy(out + r * p.n + j0, slab.data() + r * C, j1 - j0);
-      V::stream_fence();
-    } else {
-      for (int64_t r = 0; r < p.k; ++r) std::copy(slab.data() + r * C, slab.data() + r * C + (j1 - j0), out + r * p.n + j0);
+    write_db_tile(p, bi, j0, j1, slab.data(), C);
+  }
+
+  // Rows 0..k of the dB column tile [j0, j1) of product bi from src (rows
+  // src_stride apart; 0: one row for all), with non-temporal stores where
+  // p.stream, fenced so that later reads, and other threads, see them.
+  static void write_db_tile(const ScatterArgs<T>& p, int64_t bi, int64_t j0, int64_t j1, const T* src,
+                            int64_t src_stride) {
+    T* const out = p.db + bi * p.k * p.n + j0;
+    for (int64_t r = 0; r < p.k; ++r) {
+      const T* row = src + r * src_stride;
+      if (p.stream)
+        stream_copy(out + r * p.n, row, j1 - j0);
+      else
+        std::copy(row, row + (j1 - j0), out + r * p.n);
     }
+    if (p.stream) V::stream_fence();
   }
 
   // The dB column tile [j0, j1) of product bi when its outputs are few
   // (ScatterArgs::direct_cols): zeroed in place (non-temporal stores where
   // p.stream), then each output whose winner is (B, r) added at dB[r, j].
   static void scatter_b_direct(const ScatterArgs<T>& p, int64_t bi, int64_t j0, int64_t j1) {
+    alignas(64) static const T zeros[ScatterArgs<T>::kCols] = {};
+    write_db_tile(p, bi, j0, j1, zeros, 0);  // fenced: the adds below read what it wrote
     T* const out = p.db + bi * p.k * p.n;
-    if (p.stream) {
-      alignas(64) static const T zeros[ScatterArgs<T>::kCols] = {};
-      for (int64_t r = 0; r < p.k; ++r) stream_copy(out + r * p.n + j0, zeros, j1 - j0);
-      V::stream_fence();  // the adds below read lines the streamed stores wrote
-    } else {
-      for (int64_t r = 0; r < p.k; ++r) std::fill(out + r * p.n + j0, out + r * p.n + j1, T(0));
-    }
     for (int64_t i = 0; i < p.m; ++i) {
       const int32_t* w = p.w + (bi * p.m + i) * p.n;
       const T* g = p.g + (bi * p.m + i) * p.n;
