@@ -695,6 +695,14 @@ struct Kernels {
     }
   }
 
+  // The factors EA / EB of the factored soft terms: dst[q] = 2^(g - src[q] * scale)
+  // for q < n, in whole vectors (the lanes past n take src = fill).
+  static void exp2_shifted(T* dst, const T* src, int64_t n, T g, T scale, T fill) {
+    const reg gv = V::set1(g), sv = V::set1(scale);
+    for (int64_t q = 0; q < n; q += W)
+      V::store(dst + q, V::exp2(V::sub(gv, V::mul(V::load_partial(src + q, int(n - q), fill), sv))));
+  }
+
   // Rows i of a task, columns of one kSoftJT tile. For each row, the r whose
   // scaled A lies below (min shift of the tile) - cut contribute < 2^-cut each
   // to every output of the tile and are skipped; the rest are listed once and
@@ -750,12 +758,9 @@ struct Kernels {
     const reg gv = V::set1(g);
     const int64_t ldeb = ceil_div(j_end - j_begin, W) * W;  // the tile in whole vectors
     if (any_factored) {
-      // EB of the tile; lanes past its end hold 2^0 = 1.
+      // EB of the tile (B is scaled already); lanes past its end hold 2^0 = 1.
       eb.resize(size_t(p.k * ldeb));
-      for (int64_t r = 0; r < p.k; ++r)
-        for (int64_t j = j_begin; j < j_begin + ldeb; j += W)
-          V::store(eb.data() + r * ldeb + (j - j_begin),
-                   V::exp2(V::sub(gv, V::load_partial(bs + r * p.n + j, int(j_end - j), g))));
+      for (int64_t r = 0; r < p.k; ++r) exp2_shifted(eb.data() + r * ldeb, bs + r * p.n + j_begin, j_end - j_begin, g, 1, g);
       ea.resize(size_t(ceil_div(p.k, W) * W));
     }
     for (int64_t i = i_begin; i < i_end; ++i) {
@@ -769,10 +774,7 @@ struct Kernels {
         active[size_t(na)] = int32_t(r);
         na += (arow[r] * p.scale >= thr);
       }
-      if (factored[ii])
-        for (int64_t r = 0; r < p.k; r += W)
-          V::store(ea.data() + r,
-                   V::exp2(V::sub(gv, V::mul(V::load_partial(arow + r, int(p.k - r), T(0)), V::set1(p.scale)))));
+      if (factored[ii]) exp2_shifted(ea.data(), arow, p.k, g, p.scale, T(0));
       for (int64_t j0 = j_begin; j0 < j_end; j0 += G) {
         const int cols = int(std::min<int64_t>(G, j_end - j0));
         reg hs[NV], acc[NV];
@@ -934,9 +936,7 @@ struct Kernels {
         na += keep && !f;
         nf += keep && f;
       }
-      if (nf)
-        for (int64_t i = 0; i < p.m; i += W)
-          V::store(ea.data() + i, V::exp2(V::sub(gam, V::mul(V::load_partial(at + i, int(p.m - i), T(0)), sv))));
+      if (nf) exp2_shifted(ea.data(), at, p.m, p.gamma[bi * tiles_n + jt], p.scale, T(0));
       for (int64_t j0 = j_begin; j0 < j_end; j0 += G) {
         const int cols = int(std::min<int64_t>(G, j_end - j0));
         reg bv[NV], eb[NV], acc[NV], acc_f[NV];
