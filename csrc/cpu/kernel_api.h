@@ -236,7 +236,17 @@ struct ScatterArgs {
   // took 12-22% less time (in-process A/B).
   bool stream = false;
   static constexpr int64_t kCols = 64;  // dB column tile of a task (its slab: k x kCols values)
-  int64_t rows_tasks() const { return batch * m; }
+  // Rows of dA per task: enough for kRowOutputs outputs, but at least
+  // kMinRowTasks tasks. One row per task (1024 tasks at 1024^3, ~1 us each)
+  // cost about as much again in taking tasks from the shared counter (an
+  // atomic whose cache line moves between the cores: ~1 ms of CPU time per
+  // 1024^3 backward on an Intel Xeon, perf) and in fencing each row's
+  // non-temporal stores.
+  static constexpr int64_t kRowOutputs = 8192, kMinRowTasks = 8;
+  int64_t rows_per_task() const {
+    return std::max<int64_t>(1, std::min(ceil_div(kRowOutputs, std::max<int64_t>(n, 1)), ceil_div(batch * m, kMinRowTasks)));
+  }
+  int64_t rows_tasks() const { return ceil_div(batch * m, rows_per_task()); }
   int64_t cols_tasks() const { return batch * ceil_div(n, kCols); }
   // Few rows of outputs (m * kDirectRatio <= k, e.g. the flow rows of
   // [4 x 4096] x [4096 x 4096]) put at most m values into each column of a
@@ -272,7 +282,7 @@ struct KernelTable {
   void (*soft_grad)(const SoftGradArgs<T>&, int64_t task);
   void (*soft_grad_prep)(const SoftGradArgs<T>&, int64_t row);  // SoftGradArgs::gf, one row of batch * m per task
   void (*soft_grad_whole)(const SoftWholeArgs<T>&, int64_t task);  // products_per_task() whole products per task
-  void (*scatter_a)(const ScatterArgs<T>&, int64_t task);  // one row of dA per task
+  void (*scatter_a)(const ScatterArgs<T>&, int64_t task);  // rows_per_task() rows of dA per task
   void (*scatter_b)(const ScatterArgs<T>&, int64_t task);  // one column tile of dB per task
   void (*scatter_whole)(const ScatterArgs<T>&, int64_t task);  // products_per_task() whole products per task
   void (*transpose)(const TransposeArgs<T>&, int64_t task);  // one block of kRows rows per task

@@ -1058,31 +1058,34 @@ struct Kernels {
     }
   };
 
-  // dA row: out[r] += g[j] for the outputs whose winner is (A, r). The sums
-  // build up in a zeroed row buffer in L1 that is copied out whole, so dA
-  // needs no zeroing pass of its own.
+  // Rows of dA (ScatterArgs::rows_per_task of batch * m): out[r] += g[j]
+  // for the outputs of a row whose winner is (A, r). The sums build up in a
+  // zeroed row buffer in L1 that is copied out whole, so dA needs no zeroing
+  // pass of its own.
   static void scatter_a(const ScatterArgs<T>& p, int64_t task) {
-    const int32_t* w = p.w + task * p.n;
-    const T* g = p.g + task * p.n;
+    const int64_t row0 = task * p.rows_per_task(), row1 = std::min(p.batch * p.m, row0 + p.rows_per_task());
     thread_local std::vector<T> row;
-    row.assign(size_t(p.k), T(0));
-    T* out = row.data();
-    int64_t j = 0;
-    if constexpr (V::kScatter) {
-      thread_local ScatterList list;
-      list.make_room(p.n);
-      int64_t count = 0;
-      for (; j + W <= p.n; j += W) count += V::compress_to_a(w + j, g + j, &list.off[size_t(count)], &list.val[size_t(count)]);
-      list.add_to(out, count);
+    for (int64_t i = row0; i < row1; ++i) {
+      const int32_t* w = p.w + i * p.n;
+      const T* g = p.g + i * p.n;
+      row.assign(size_t(p.k), T(0));
+      T* out = row.data();
+      int64_t j = 0;
+      if constexpr (V::kScatter) {
+        thread_local ScatterList list;
+        list.make_room(p.n);
+        int64_t count = 0;
+        for (; j + W <= p.n; j += W) count += V::compress_to_a(w + j, g + j, &list.off[size_t(count)], &list.val[size_t(count)]);
+        list.add_to(out, count);
+      }
+      for (; j < p.n; ++j)
+        if (winner_to_a(w[j])) out[w[j]] += g[j];
+      if (p.stream)
+        stream_copy(p.da + i * p.k, out, p.k);
+      else
+        std::copy(out, out + p.k, p.da + i * p.k);
     }
-    for (; j < p.n; ++j)
-      if (winner_to_a(w[j])) out[w[j]] += g[j];
-    if (p.stream) {
-      stream_copy(p.da + task * p.k, out, p.k);
-      V::stream_fence();
-    } else {
-      std::copy(out, out + p.k, p.da + task * p.k);
-    }
+    if (p.stream) V::stream_fence();
   }
 
   // dst[0, n) = src[0, n), the whole 64-byte lines of dst with non-temporal
