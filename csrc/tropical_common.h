@@ -70,6 +70,22 @@ VF_HD double soft_cutoff(int64_t k) {
 constexpr float kExp2Poly[7] = {1.0f,          0.69314718f,   0.24022651f,  0.055504109f,
                                 0.0096181291f, 0.0013333558f, 1.5403530e-4f};
 
+// Degree-12 Taylor coefficients of 2^f for float64 (ln2^n / n!): on [-1/2, 1/2]
+// the first term left out is < 2e-16 of 2^f, below float64 rounding.
+constexpr double kExp2PolyDouble[13] = {1.0,
+                                        0.6931471805599453,
+                                        0.2402265069591007,
+                                        0.055504108664821576,
+                                        0.009618129107628477,
+                                        0.0013333558146428441,
+                                        0.00015403530393381606,
+                                        1.5252733804059838e-05,
+                                        1.3215486790144305e-06,
+                                        1.0178086009239696e-07,
+                                        7.054911620801121e-09,
+                                        4.44553827187081e-10,
+                                        2.5678435993488196e-11};
+
 // Gradient weights of one triple, given u = exp2(c' - a'), v = exp2(c' - b')
 // with c' the scaled soft output:  p = 1/(u+v) is the weight of r in the soft
 // max, u/(u+v) and v/(u+v) the weights of A and B in the soft min, so

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 import vico_flow
 from vico_flow import reference
 
+from .conftest import CPU_ISAS, cpu_isa
 from .helpers import DTYPES, rand
 
 
@@ -234,6 +235,53 @@ def test_small_product_gradients_match_reference(isa, shapes, kind, up_scale):
             assert bool(torch.isfinite(got).all())
             atol = rtol * want.abs().max().item() + 1e-7 * up_scale
             torch.testing.assert_close(got.double(), want, rtol=rtol, atol=atol)
+
+
+# float64 operands through every path of the kernels (a batch with B
+# broadcast, one pass for small products, tiles with partial vector groups),
+# on every kind of values, forward and gradients.
+FLOAT64_SHAPES = [((2, 45, 150), (150, 70)), ((3, 20, 50), (50, 33)), ((70, 300), (300, 130))]
+
+
+def _soft_float64(shapes, kind, tau):
+    g = torch.Generator().manual_seed(sum(shapes[0]) + sum(shapes[1]))
+    A = rand(*shapes[0], dtype=torch.float64, kind=kind, gen=g)
+    B = rand(*shapes[1], dtype=torch.float64, kind=kind, gen=g)
+    up = torch.randn(*A.shape[:-1], B.shape[-1], generator=g, dtype=torch.float64)
+    S = vico_flow.soft_minmax_matmul(A, B, tau)
+    return A, B, up, S, _grads(A, B, up, tau, "cpu")
+
+
+@pytest.mark.parametrize("shapes", FLOAT64_SHAPES, ids=str)
+@pytest.mark.parametrize("kind", ["uniform", "wide", "inf"])
+@pytest.mark.parametrize("tau", [0.01, 0.2])
+def test_float64_matches_reference_to_its_cutoff(isa, shapes, kind, tau):
+    # float64 is computed in float64: the only error left is the skipped
+    # terms (each < 2^-(log2 k + 26) of the sum, so C moves by < tau * 2^-25),
+    # far inside the float32 tolerances of the tests above.
+    A, B, up, S, (dA, dB) = _soft_float64(shapes, kind, tau)
+    R = reference.soft_minmax_matmul(A, B, tau)
+    assert torch.equal(S.isfinite(), R.isfinite()) and torch.equal(S[~S.isfinite()], R[~R.isfinite()])
+    torch.testing.assert_close(S, R, rtol=1e-12, atol=tau * 2.0**-25)
+    rA, rB = _grads(A, B, up, tau, "reference")
+    for got, want in ((dA, rA), (dB, rB)):
+        torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-8 * want.abs().max().item())
+
+
+@pytest.mark.skipif(not {"avx512", "scalar"} <= set(CPU_ISAS), reason="needs a processor with AVX-512")
+@pytest.mark.parametrize("shapes", FLOAT64_SHAPES, ids=str)
+def test_float64_vector_kernels_agree_with_scalar_ones(shapes):
+    # The AVX-512 float64 kernels (their exp2 a polynomial, their reciprocal
+    # Newton steps) against the scalar ones (std::exp2, a division): the same
+    # terms skipped, so only rounding and summation order may differ.
+    results = {}
+    for name in ("avx512", "scalar"):
+        with cpu_isa(name):
+            results[name] = _soft_float64(shapes, "wide", 0.01)[3:]
+    (S, (dA, dB)), (sS, (sA, sB)) = results["avx512"], results["scalar"]
+    torch.testing.assert_close(S, sS, rtol=1e-12, atol=0)
+    for got, want in ((dA, sA), (dB, sB)):
+        torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-12 * want.abs().max().item())
 
 
 def test_reference_backward_is_the_autograd_of_the_reference():

@@ -288,22 +288,9 @@ struct KernelTable {
   void (*transpose)(const TransposeArgs<T>&, int64_t task);  // one block of kRows rows per task
 };
 
-// The hard product, its winner search and its gradient scatter alone: for
-// float64 on AVX-512, whose soft kernels stay scalar (ops_cpu.cpp puts these
-// into kScalarDouble's table).
-template <class T>
-struct HardKernelTable {
-  void (*hard)(const HardArgs<T>&, int64_t task);
-  void (*hard_pack)(const HardArgs<T>&, int64_t task);
-  int hard_mr, hard_nr;
-  void (*argmax)(const ArgmaxArgs<T>&, int64_t task);
-  void (*scatter_a)(const ScatterArgs<T>&, int64_t task);
-  void (*scatter_b)(const ScatterArgs<T>&, int64_t task);
-};
-
 // Defined in kernels_<isa>.cpp.
 extern const KernelTable<float> kAvx512Float;
-extern const HardKernelTable<double> kAvx512DoubleHard;
+extern const KernelTable<double> kAvx512Double;
 extern const KernelTable<float> kAvx2Float;
 extern const KernelTable<float> kScalarFloat;
 extern const KernelTable<double> kScalarDouble;

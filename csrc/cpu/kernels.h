@@ -1220,8 +1220,6 @@ struct Kernels {
     transpose_rest(p, task, c0);
   }
 
-  static HardKernelTable<T> hard_table() { return {&hard, &hard_pack, MR, NR, &argmax, &scatter_a, &scatter_b}; }
-
   static KernelTable<T> table(const char* name) {
     return {name,           &hard,      &hard_pack, MR,         NR,        &argmax,        &soft_fwd,
             &soft_grad,     &soft_grad_prep,        &soft_grad_whole,      &scatter_a,     &scatter_b,

@@ -21,6 +21,6 @@
 namespace vico_flow {
 namespace cpu {
 const KernelTable<float> kAvx512Float = Kernels<simd::Avx512>::table("avx512");
-const HardKernelTable<double> kAvx512DoubleHard = Kernels<simd::Avx512Double>::hard_table();
+const KernelTable<double> kAvx512Double = Kernels<simd::Avx512Double>::table("avx512");
 }
 }  // namespace vico_flow

@@ -1,5 +1,5 @@
-// The kernel bodies for any x86-64 (or other) processor, and the float64 path
-// (whose hard product, winner search and scatter ops_cpu.cpp takes from AVX-512 where it can).
+// The kernel bodies for any x86-64 (or other) processor, float32 and float64
+// (ops_cpu.cpp takes float64 from AVX-512 where the processor has it).
 #include "simd_scalar.h"
 #include "kernels.h"
 

@@ -190,10 +190,9 @@ struct Avx512 {
   }
 };
 
-// AVX-512F wrapper for float64 (8 lanes), for the hard product, its winner
-// search and its gradient scatter only (Kernels::hard_table): the float64
-// soft kernels stay scalar. The int32 ids and offsets of 8 lanes are the low
-// half of a 16-lane vector, under an 8-bit mask (no AVX-512VL needed).
+// AVX-512F wrapper for float64 (8 lanes). The int32 ids and offsets of 8
+// lanes are the low half of a 16-lane vector, under an 8-bit mask (no
+// AVX-512VL needed).
 struct Avx512Double {
   using value_type = double;
   using reg = __m512d;
@@ -203,6 +202,8 @@ struct Avx512Double {
   static constexpr int hard_nv = 4;
   static constexpr int hard_tracked_rows = 6;
   static constexpr int hard_tracked_nv = 2;
+  static constexpr int soft_nv = 4;
+  static constexpr bool kTranspose16 = false;  // transposes through a tile
   static constexpr bool kEncodeWinners = false;  // winner search pass 2: scalar loop
   static constexpr bool kScatter = true;  // gradient scatter: compressed lists, as for float
   static constexpr bool kStream = true;
@@ -220,8 +221,28 @@ struct Avx512Double {
     return x;
   }
   static reg set1(double x) { return _mm512_set1_pd(x); }
+  static reg zero() { return _mm512_setzero_pd(); }
   static reg min(reg a, reg b) { return _mm512_min_pd(a, b); }
   static reg max(reg a, reg b) { return _mm512_max_pd(a, b); }
+  static reg add(reg a, reg b) { return _mm512_add_pd(a, b); }
+  static reg sub(reg a, reg b) { return _mm512_sub_pd(a, b); }
+  static reg mul(reg a, reg b) { return _mm512_mul_pd(a, b); }
+  // As Avx512::exp2, to float64 precision (kExp2PolyDouble).
+  static reg exp2(reg x) {
+    x = _mm512_min_pd(_mm512_max_pd(x, _mm512_set1_pd(-kExp2Clamp)), _mm512_set1_pd(kExp2Clamp));
+    const reg n = _mm512_roundscale_pd(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const reg f = _mm512_sub_pd(x, n);
+    reg p = _mm512_set1_pd(kExp2PolyDouble[12]);
+    for (int d = 11; d >= 0; --d) p = _mm512_fmadd_pd(p, f, _mm512_set1_pd(kExp2PolyDouble[d]));
+    return _mm512_scalef_pd(p, n);
+  }
+  // 14 bits, two Newton steps -> ~52 bits (a division costs several times more).
+  static reg rcp(reg x) {
+    reg r = _mm512_rcp14_pd(x);
+    r = _mm512_mul_pd(r, _mm512_fnmadd_pd(x, r, _mm512_set1_pd(2.0)));
+    return _mm512_mul_pd(r, _mm512_fnmadd_pd(x, r, _mm512_set1_pd(2.0)));
+  }
+  static double hsum(reg v) { return _mm512_reduce_add_pd(v); }
   // The min of the bits as signed 64-bit integers, where both operands are
   // >= +0 or -inf (as for float: there the integer order is the value order).
   static constexpr bool kBitsMin = true;
