@@ -56,7 +56,7 @@ const KernelTable<float>& table_for<float>() {
 }
 // float64 follows the float32 choice: with AVX-512 every float64 kernel runs
 // in 8-lane vectors (in scalar code the 1024^3 hard product took 163 ms, its
-// backward 5.1-5.5 ms, and the 512^3 soft forward 39 ms); otherwise in
+// backward 5.1-5.5 ms, and the 512^3 soft forward 39-42 ms); otherwise in
 // scalar code.
 template <>
 const KernelTable<double>& table_for<double>() {
