@@ -188,6 +188,21 @@ struct Kernels {
       for (int v = 0; v < TV; ++v) V::store(tr->tile + (i0 + i) * NR + (v0 + v) * W, x[i][v]);
   }
 
+  // The part's TV vectors of the B strip's row r, fetched into L1 ahead of
+  // use. A part reads half the lines of each strip row (256 bytes apart),
+  // which the hardware prefetchers bring in late: kTrackedAhead rows ahead,
+  // the tracked register tile ran 2.5-3.5% faster (micro-benchmark, Intel
+  // Xeon: 48.4-48.7 -> 50.0-50.3 G triples/s; 4, 8 and 32 rows gained less).
+  // Past the strip's end it touches the next strip or nothing (a prefetch
+  // never faults).
+  static constexpr int64_t kTrackedAhead = 16;
+  template <int TV>
+  static inline __attribute__((always_inline)) void prefetch_b_row(const T* bp, int64_t r) {
+    constexpr int kLines = int((TV * W * sizeof(T) + 63) / 64);
+#pragma GCC unroll 4
+    for (int q = 0; q < kLines; ++q) __builtin_prefetch(reinterpret_cast<const char*>(bp + r * NR) + 64 * q);
+  }
+
   // One sub-chunk [r0, r0 + kHardSub) of a part of micro_tracked: `to` =
   // `from` advanced over it (its first step writes `to` from `from`, which is
   // left as it was), and ids = r_base + r0 where the max grew (ids: the
@@ -197,7 +212,11 @@ struct Kernels {
                                                                 const reg (&from)[H][TV], reg (&to)[H][TV],
                                                                 int32_t* ids, int32_t r_base) {
     step<H, TV, kBits>(ap, bp, r0, from, to);
-    steps<H, TV, kBits>(ap, bp, r0 + 1, r0 + kHardSub, to);
+    prefetch_b_row<TV>(bp, r0 + kTrackedAhead);
+    for (int64_t r = r0 + 1; r < r0 + kHardSub; ++r) {
+      step<H, TV, kBits>(ap, bp, r, to, to);
+      prefetch_b_row<TV>(bp, r + kTrackedAhead);
+    }
     const int32_t first_r = r_base + int32_t(r0);
 #pragma GCC unroll 8
     for (int i = 0; i < H; ++i)
