@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "../tropical_common.h"
+#include "simd_exp2.h"
 
 namespace vico_flow {
 namespace simd {
@@ -67,16 +68,14 @@ struct Avx2 {
   static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
   static reg sub(reg a, reg b) { return _mm256_sub_ps(a, b); }
   static reg mul(reg a, reg b) { return _mm256_mul_ps(a, b); }
-  static reg exp2(reg x) {
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-kExp2Clamp)), _mm256_set1_ps(kExp2Clamp));
-    const reg n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const reg f = _mm256_sub_ps(x, n);
-    reg p = _mm256_set1_ps(kExp2Poly[6]);
-    for (int d = 5; d >= 0; --d) p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExp2Poly[d]));
-    // 2^n built from its exponent bits; |n| <= 100 keeps it a normal float.
+  static reg round_nearest(reg x) { return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_ps(a, b, c); }
+  // p * 2^n, 2^n built from its exponent bits: |n| <= kExp2Clamp = 100 keeps it a normal float.
+  static reg times_exp2(reg p, reg n) {
     const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
   }
+  static reg exp2(reg x) { return exp2_poly<Avx2>(x, kExp2Poly); }
   static reg rcp(reg x) {
     const reg r = _mm256_rcp_ps(x);  // 12 bits, one Newton step -> ~23 bits
     return _mm256_mul_ps(r, _mm256_fnmadd_ps(x, r, _mm256_set1_ps(2.0f)));

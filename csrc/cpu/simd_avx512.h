@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "../tropical_common.h"
+#include "simd_exp2.h"
 
 namespace vico_flow {
 namespace simd {
@@ -62,14 +63,10 @@ struct Avx512 {
   static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
   static reg sub(reg a, reg b) { return _mm512_sub_ps(a, b); }
   static reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
-  static reg exp2(reg x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-kExp2Clamp)), _mm512_set1_ps(kExp2Clamp));
-    const reg n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const reg f = _mm512_sub_ps(x, n);
-    reg p = _mm512_set1_ps(kExp2Poly[6]);
-    for (int d = 5; d >= 0; --d) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2Poly[d]));
-    return _mm512_scalef_ps(p, n);
-  }
+  static reg round_nearest(reg x) { return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static reg fmadd(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static reg times_exp2(reg p, reg n) { return _mm512_scalef_ps(p, n); }
+  static reg exp2(reg x) { return exp2_poly<Avx512>(x, kExp2Poly); }
   static reg rcp(reg x) {
     const reg r = _mm512_rcp14_ps(x);  // 14 bits, one Newton step -> ~24 bits
     return _mm512_mul_ps(r, _mm512_fnmadd_ps(x, r, _mm512_set1_ps(2.0f)));
@@ -227,15 +224,10 @@ struct Avx512Double {
   static reg add(reg a, reg b) { return _mm512_add_pd(a, b); }
   static reg sub(reg a, reg b) { return _mm512_sub_pd(a, b); }
   static reg mul(reg a, reg b) { return _mm512_mul_pd(a, b); }
-  // As Avx512::exp2, to float64 precision (kExp2PolyDouble).
-  static reg exp2(reg x) {
-    x = _mm512_min_pd(_mm512_max_pd(x, _mm512_set1_pd(-kExp2Clamp)), _mm512_set1_pd(kExp2Clamp));
-    const reg n = _mm512_roundscale_pd(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const reg f = _mm512_sub_pd(x, n);
-    reg p = _mm512_set1_pd(kExp2PolyDouble[12]);
-    for (int d = 11; d >= 0; --d) p = _mm512_fmadd_pd(p, f, _mm512_set1_pd(kExp2PolyDouble[d]));
-    return _mm512_scalef_pd(p, n);
-  }
+  static reg round_nearest(reg x) { return _mm512_roundscale_pd(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static reg fmadd(reg a, reg b, reg c) { return _mm512_fmadd_pd(a, b, c); }
+  static reg times_exp2(reg p, reg n) { return _mm512_scalef_pd(p, n); }
+  static reg exp2(reg x) { return exp2_poly<Avx512Double>(x, kExp2PolyDouble); }  // to float64 precision
   // 14 bits, two Newton steps -> ~52 bits (a division costs several times more).
   static reg rcp(reg x) {
     reg r = _mm512_rcp14_pd(x);
