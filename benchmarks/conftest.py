@@ -41,6 +41,8 @@ def pytest_terminal_summary(terminalreporter, config):
         return
     groups: dict[str, dict[str, object]] = {}
     for b in session.benchmarks:
+        if not _stats(b).data:  # the benchmark failed before its first round: pytest reports it
+            continue
         groups.setdefault(b.group or "", {})[b.extra_info.get("impl", b.name)] = b
     tr = terminalreporter
     tr.section("vico-flow: ratios (same run, same shapes; 'x base' = time / torch.matmul (or the group's baseline row); 'ref / impl' = speed-up over the reference)")
@@ -59,7 +61,7 @@ def pytest_terminal_summary(terminalreporter, config):
             mem = b.extra_info.get("peak_extra_mb")
             mem_s = f"{mem:8.1f}" if mem is not None else " " * 8
             tr.write_line(f"{name:<44} {impl:<20} {t:10.4f} {x_mm} {x_ref} {mem_s}")
-    derived = [b for b in session.benchmarks if "derived" in b.extra_info]
+    derived = [b for b in session.benchmarks if "derived" in b.extra_info and _stats(b).data]
     for b in derived:
         tr.write_line(f"{b.group}: {b.extra_info['derived']}")
     # Pairs of groups that the issues compare directly (fwd+bwd vs fwd).

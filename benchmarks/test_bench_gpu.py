@@ -4,6 +4,7 @@ precision hard product against its float32 self. Skipped without a GPU; the
 stored runs are in benchmarks/results/ with the device name.
 
 Default sizes 1024^3, 4096^3 and the thin flow shapes; --bench-large adds 8192^3.
+Also the grouped ST-Flow of a VideoCrafter2-sized graph on the GPU.
 """
 from __future__ import annotations
 
@@ -94,3 +95,37 @@ def test_gpu_half_hard(benchmark, impl, dtype):
     with torch.no_grad():
         benchmark.pedantic(_timed(lambda: vico_flow.minmax_matmul(A, B, backend=impl)), rounds=5, iterations=1,
                            warmup_rounds=2)
+
+
+_VC2_GPU = {}
+
+
+@pytest.mark.parametrize("phase", ["fwd", "fwd+bwd"])
+@pytest.mark.parametrize("method", ["soft", "hard"])
+def test_gpu_videocrafter2_flow(benchmark, method, phase):
+    """Grouped ST-Flow of a VideoCrafter2-sized graph (16 frames of 40x64, 77 text
+    tokens, cross + temporal layers; 4 sources) on the GPU, "auto" backend."""
+    from vico_flow import st_flow
+    from vico_flow.synthetic import unet3d_graph
+
+    if "graph" not in _VC2_GPU:
+        _VC2_GPU["graph"] = unet3d_graph().to("cuda")
+    graph = _VC2_GPU["graph"]
+    attn = [l.attn for l in graph.layers if hasattr(l, "attn")]
+    for a in attn:
+        a.requires_grad_(phase == "fwd+bwd")
+
+    def step():
+        for a in attn:
+            a.grad = None
+        with torch.set_grad_enabled(phase == "fwd+bwd"):
+            r = st_flow(graph, [1, 2, 5, 7], mode=method)
+            if phase == "fwd+bwd":
+                (r.values.sum() + r.heatmaps.mean()).backward()
+        return r
+
+    benchmark.group = f"gpu {torch.cuda.get_device_name()} VC2 16x40x64 grouped {method}"
+    benchmark.extra_info["impl"] = phase
+    benchmark.pedantic(_timed(step), rounds=5, iterations=1, warmup_rounds=2)
+    attn_mb = sum(a.numel() * a.element_size() for a in attn) / 2**20
+    benchmark.extra_info["derived"] = f"{phase}: captured attention {attn_mb:.0f} MB on the GPU"

@@ -1,5 +1,5 @@
 """The CUDA sources compile: every .cu file with nvcc for sm_80 and sm_90
-(warnings as errors), and the torch-side wrapper with the host compiler. Runs
+(warnings as errors, torch's extension flags), and the torch-side wrapper with the host compiler. Runs
 on machines without a GPU; skips only when nvcc is absent."""
 import glob
 import os
@@ -22,7 +22,12 @@ def test_there_are_cuda_sources():
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("path", CU_FILES, ids=os.path.basename)
 def test_cu_compiles(path, arch, tmp_path):
-    cmd = [NVCC, "-c", "-std=c++20", f"-arch={arch}", "-I", os.path.join(ROOT, "csrc"), "-Werror", "all-warnings",
+    # torch's own nvcc flags too (as setup.py's CUDAExtension passes them): they
+    # remove the implicit __half / __nv_bfloat16 conversions, which a plain
+    # nvcc build would accept.
+    from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
+
+    cmd = [NVCC, "-c", "-std=c++20", f"-arch={arch}", *COMMON_NVCC_FLAGS, "-I", os.path.join(ROOT, "csrc"), "-Werror", "all-warnings",
            "-Xcompiler", "-Wall,-Werror", "-o", str(tmp_path / "k.o"), path]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, f"nvcc failed for {os.path.basename(path)} ({arch}):\n{r.stderr[-4000:]}"

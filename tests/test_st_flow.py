@@ -119,6 +119,27 @@ def test_gradient_reaches_every_attention_tensor():
             assert l.attn.grad is not None and l.attn.grad.abs().sum() > 0
 
 
+
+def test_graph_to_converts_every_layer_and_passes_gradients_back():
+    gen = torch.Generator().manual_seed(2)
+    layers = [Cross(softmax_attn(gen, 2, 4, 3)), TemporalSelf(softmax_attn(gen, 4, 2, 2)), Resize(Grid(2, 1, 2), "down"),
+              DenseSelf(softmax_attn(gen, 4, 4))]
+    for l in layers:
+        if hasattr(l, "attn"):
+            l.attn.requires_grad_()
+    graph = FlowGraph(Grid(2, 2, 2), 3, layers, residual="avg", sink_capacity=0.5, grouping="chained")
+    assert graph.dtype == torch.float64
+    g32 = graph.to(dtype=torch.float32)
+    assert g32.dtype == torch.float32 and all(l.attn.dtype == torch.float32 for l in g32.layers if hasattr(l, "attn"))
+    assert (g32.residual, g32.sink_capacity, g32.grouping, g32.grid) == ("avg", 0.5, "chained", graph.grid)
+    assert isinstance(g32.layers[2], Resize)
+    r64, r32 = st_flow(graph, [0, 1], mode="soft"), st_flow(g32, [0, 1], mode="soft")
+    torch.testing.assert_close(r32.values, r64.values.float(), rtol=1e-5, atol=1e-6)
+    r32.values.sum().backward()
+    assert all(l.attn.grad is not None for l in layers if hasattr(l, "attn"))
+    with pytest.raises(TypeError, match="FlowGraph.to: dtype must be a floating"):
+        graph.to(dtype=torch.int64)
+
 @settings(max_examples=25)
 @given(graph=flow_graphs(joint=False, allow_resize=False), seed=st.integers(0, 1000), mode=st.sampled_from(["soft", "hard"]))
 def test_permuting_pixels_permutes_heatmaps(graph, seed, mode):

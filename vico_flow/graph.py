@@ -33,6 +33,7 @@ grid and averages; "chained" follows one path through the whole network.
 from __future__ import annotations
 
 import math
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -244,6 +245,18 @@ class FlowGraph:
     @property
     def device(self) -> torch.device:
         return self._device
+
+    def to(self, device=None, dtype=None) -> "FlowGraph":
+        """The same graph with every attention tensor moved by ``Tensor.to(device,
+        dtype)``, e.g. ``graph.to("cuda")`` to propagate on the GPU. Differentiable:
+        gradients of the new graph's attention reach the original tensors."""
+        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+            raise TypeError(f"FlowGraph.to: dtype must be a floating torch.dtype, got {dtype!r}")
+        layers = [
+            dataclasses.replace(l, attn=l.attn.to(device=device, dtype=dtype)) if hasattr(l, "attn") else l
+            for l in self.layers
+        ]
+        return dataclasses.replace(self, layers=layers)
 
     def grids(self) -> list[Grid]:
         """The grid each layer sees at its input."""

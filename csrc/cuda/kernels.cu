@@ -38,9 +38,14 @@ __device__ __forceinline__ double load_elem<double, double>(const double* base, 
   return base[off];
 }
 
-template <class T> __device__ __forceinline__ T from_acc(float x) { return static_cast<T>(x); }
-template <> __device__ __forceinline__ __half from_acc<__half>(float x) { return __float2half_rn(x); }
-template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+// Compute type -> storage type. Explicit intrinsics for the half types: torch
+// builds extensions with __CUDA_NO_HALF_CONVERSIONS__ and
+// __CUDA_NO_BFLOAT16_CONVERSIONS__, which remove their implicit conversions.
+template <class T, class C> __device__ __forceinline__ T from_acc(C x) { return static_cast<T>(x); }
+template <> __device__ __forceinline__ __half from_acc<__half, float>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16, float>(float x) {
+  return __float2bfloat16_rn(x);
+}
 
 // Stages the [kBK x kBM] slab of A (transposed, so a thread reads a column
 // of the tile contiguously) and the [kBK x kBN] slab of B; pads with -inf.
@@ -68,6 +73,7 @@ __global__ void __launch_bounds__(kThreads) hard_fwd_kernel(View<T> A, View<T> B
   __shared__ Cm Bs[kBK][kBN];
   const int64_t bz = blockIdx.z, m0 = int64_t(blockIdx.y) * kBM, n0 = int64_t(blockIdx.x) * kBN;
   const int ty = threadIdx.x / (kBN / kTN), tx = threadIdx.x % (kBN / kTN);
+  const bool live = m0 + ty * kTM < m && n0 + tx * kTN < n;
   Cm acc[kTM][kTN];
   int32_t arg[kTM][kTN];
 #pragma unroll
@@ -80,27 +86,29 @@ __global__ void __launch_bounds__(kThreads) hard_fwd_kernel(View<T> A, View<T> B
   for (int64_t k0 = 0; k0 < k; k0 += kBK) {
     stage<T, Cm>(A, B, bz, m0, n0, k0, m, n, k, As, Bs);
     __syncthreads();
+    if (live) {  // threads whose whole register tile lies outside C skip the arithmetic
 #pragma unroll
-    for (int kk = 0; kk < kBK; ++kk) {
-      Cm a[kTM], b[kTN];
+      for (int kk = 0; kk < kBK; ++kk) {
+        Cm a[kTM], b[kTN];
 #pragma unroll
-      for (int i = 0; i < kTM; ++i) a[i] = As[kk][ty * kTM + i];
+        for (int i = 0; i < kTM; ++i) a[i] = As[kk][ty * kTM + i];
 #pragma unroll
-      for (int j = 0; j < kTN; ++j) b[j] = Bs[kk][tx * kTN + j];
+        for (int j = 0; j < kTN; ++j) b[j] = Bs[kk][tx * kTN + j];
 #pragma unroll
-      for (int i = 0; i < kTM; ++i)
+        for (int i = 0; i < kTM; ++i)
 #pragma unroll
-        for (int j = 0; j < kTN; ++j) {
-          if (kWinners) {
-            const Cm v = tmin(a[i], b[j]);
-            if (hard_replaces(v, acc[i][j])) {  // strict: the first r keeps ties
-              acc[i][j] = v;
-              arg[i][j] = int32_t(k0 + kk);
+          for (int j = 0; j < kTN; ++j) {
+            if (kWinners) {
+              const Cm v = tmin(a[i], b[j]);
+              if (hard_replaces(v, acc[i][j])) {  // strict: the first r keeps ties
+                acc[i][j] = v;
+                arg[i][j] = int32_t(k0 + kk);
+              }
+            } else {
+              acc[i][j] = hard_step(acc[i][j], a[i], b[j]);
             }
-          } else {
-            acc[i][j] = hard_step(acc[i][j], a[i], b[j]);
           }
-        }
+      }
     }
     __syncthreads();
   }
@@ -111,7 +119,7 @@ __global__ void __launch_bounds__(kThreads) hard_fwd_kernel(View<T> A, View<T> B
       const int64_t gi = m0 + ty * kTM + i, gj = n0 + tx * kTN + j;
       if (gi >= m || gj >= n) continue;
       const int64_t off = (bz * m + gi) * n + gj;
-      C[off] = static_cast<T>(acc[i][j]);
+      C[off] = from_acc<T>(acc[i][j]);
       if (kWinners) {
         const int64_t r = arg[i][j];
         const bool to_a = k == 0 || grad_goes_to_a(load_elem<T, Cm>(A.data, bz * A.sb + gi * A.s0 + r * A.s1),
@@ -130,6 +138,7 @@ __global__ void __launch_bounds__(kThreads) hard_fwd_half2_kernel(View<T> A, Vie
   __shared__ T2 Bs[kBK][kBN / 2];
   const int64_t bz = blockIdx.z, m0 = int64_t(blockIdx.y) * kBM, n0 = int64_t(blockIdx.x) * kBN;
   const int ty = threadIdx.x / (kBN / kTN), tx = threadIdx.x % (kBN / kTN);
+  const bool live = m0 + ty * kTM < m && n0 + tx * kTN < n;
   const T ninf = from_acc<T>(-INFINITY);
   T2 acc[kTM][kTN / 2];
 #pragma unroll
@@ -150,17 +159,19 @@ __global__ void __launch_bounds__(kThreads) hard_fwd_half2_kernel(View<T> A, Vie
       Bs[kk][jj / 2] = T2{lo, hi};
     }
     __syncthreads();
+    if (live) {  // threads whose whole register tile lies outside C skip the arithmetic
 #pragma unroll
-    for (int kk = 0; kk < kBK; ++kk) {
-      T2 b[kTN / 2];
+      for (int kk = 0; kk < kBK; ++kk) {
+        T2 b[kTN / 2];
 #pragma unroll
-      for (int j = 0; j < kTN / 2; ++j) b[j] = Bs[kk][tx * (kTN / 2) + j];
+        for (int j = 0; j < kTN / 2; ++j) b[j] = Bs[kk][tx * (kTN / 2) + j];
 #pragma unroll
-      for (int i = 0; i < kTM; ++i) {
-        const T a1 = As[kk][ty * kTM + i];
-        const T2 a = T2{a1, a1};
+        for (int i = 0; i < kTM; ++i) {
+          const T a1 = As[kk][ty * kTM + i];
+          const T2 a = T2{a1, a1};
 #pragma unroll
-        for (int j = 0; j < kTN / 2; ++j) acc[i][j] = __hmax2(acc[i][j], __hmin2(a, b[j]));
+          for (int j = 0; j < kTN / 2; ++j) acc[i][j] = __hmax2(acc[i][j], __hmin2(a, b[j]));
+        }
       }
     }
     __syncthreads();
@@ -180,7 +191,23 @@ template <class Cm> __device__ __forceinline__ Cm exp2c(Cm x) {
   const Cm c = Cm(kExp2Clamp);
   return exp2(x < -c ? -c : (x > c ? c : x));
 }
-template <> __device__ __forceinline__ float exp2c<float>(float x) { return exp2f(fminf(fmaxf(x, -kExp2Clamp), kExp2Clamp)); }
+// float: one MUFU.EX2 (ex2.approx, relative error ~2^-22). exp2f adds range
+// fix-ups for results in the subnormal range, which the clamp already rules out.
+template <> __device__ __forceinline__ float exp2c<float>(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(fminf(fmaxf(x, -kExp2Clamp), kExp2Clamp)));
+  return y;
+}
+
+// 1 / x for x = 2^u + 2^v in [2^-kExp2Clamp, 2^(kExp2Clamp+1)]. float: one
+// MUFU.RCP (rcp.approx, ~1 ulp) instead of the IEEE division's call to a
+// slow-path routine; double keeps the division.
+template <class Cm> __device__ __forceinline__ Cm recip(Cm x) { return Cm(1) / x; }
+template <> __device__ __forceinline__ float recip<float>(float x) {
+  float y;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
 
 template <class T, class Cm>
 __global__ void __launch_bounds__(kThreads) soft_fwd_kernel(View<T> A, View<T> B, const Cm* H, T* C, int64_t m,
@@ -189,6 +216,7 @@ __global__ void __launch_bounds__(kThreads) soft_fwd_kernel(View<T> A, View<T> B
   __shared__ Cm Bs[kBK][kBN];
   const int64_t bz = blockIdx.z, m0 = int64_t(blockIdx.y) * kBM, n0 = int64_t(blockIdx.x) * kBN;
   const int ty = threadIdx.x / (kBN / kTN), tx = threadIdx.x % (kBN / kTN);
+  const bool live = m0 + ty * kTM < m && n0 + tx * kTN < n;
   Cm hs[kTM][kTN], sum[kTM][kTN];
 #pragma unroll
   for (int i = 0; i < kTM; ++i)
@@ -202,17 +230,19 @@ __global__ void __launch_bounds__(kThreads) soft_fwd_kernel(View<T> A, View<T> B
   for (int64_t k0 = 0; k0 < k; k0 += kBK) {
     stage<T, Cm>(A, B, bz, m0, n0, k0, m, n, k, As, Bs);
     __syncthreads();
+    if (live) {  // threads whose whole register tile lies outside C skip the arithmetic
 #pragma unroll 4
-    for (int kk = 0; kk < kBK; ++kk) {
-      Cm a[kTM], b[kTN];
+      for (int kk = 0; kk < kBK; ++kk) {
+        Cm a[kTM], b[kTN];
 #pragma unroll
-      for (int i = 0; i < kTM; ++i) a[i] = As[kk][ty * kTM + i] * scale;
+        for (int i = 0; i < kTM; ++i) a[i] = As[kk][ty * kTM + i] * scale;
 #pragma unroll
-      for (int j = 0; j < kTN; ++j) b[j] = Bs[kk][tx * kTN + j] * scale;
+        for (int j = 0; j < kTN; ++j) b[j] = Bs[kk][tx * kTN + j] * scale;
 #pragma unroll
-      for (int i = 0; i < kTM; ++i)
+        for (int i = 0; i < kTM; ++i)
 #pragma unroll
-        for (int j = 0; j < kTN; ++j) sum[i][j] += Cm(1) / (exp2c(hs[i][j] - a[i]) + exp2c(hs[i][j] - b[j]));
+          for (int j = 0; j < kTN; ++j) sum[i][j] += recip(exp2c(hs[i][j] - a[i]) + exp2c(hs[i][j] - b[j]));
+      }
     }
     __syncthreads();
   }
@@ -224,7 +254,7 @@ __global__ void __launch_bounds__(kThreads) soft_fwd_kernel(View<T> A, View<T> B
       if (gi >= m || gj >= n) continue;
       const int64_t off = (bz * m + gi) * n + gj;
       const Cm h = H[off];
-      C[off] = static_cast<T>(isfinite(h) ? h + tau * log(sum[i][j]) : h);
+      C[off] = from_acc<T>(isfinite(h) ? h + tau * log(sum[i][j]) : h);
     }
 }
 
@@ -239,6 +269,7 @@ __global__ void __launch_bounds__(kThreads) soft_grad_rhs_kernel(View<T> A, View
   __shared__ Cm Gs[kBK][kBN];
   const int64_t bz = blockIdx.z, r0 = int64_t(blockIdx.y) * kBM, n0 = int64_t(blockIdx.x) * kBN;
   const int ty = threadIdx.x / (kBN / kTN), tx = threadIdx.x % (kBN / kTN);
+  const bool live = r0 + ty * kTM < k && n0 + tx * kTN < n;
   Cm bs[kTM][kTN], sum[kTM][kTN];
 #pragma unroll
   for (int i = 0; i < kTM; ++i)
@@ -267,17 +298,19 @@ __global__ void __launch_bounds__(kThreads) soft_grad_rhs_kernel(View<T> A, View
       Gs[ii][jj] = g;
     }
     __syncthreads();
+    if (live) {  // threads whose whole register tile lies outside C skip the arithmetic
 #pragma unroll 4
-    for (int ii = 0; ii < kBK; ++ii) {
+      for (int ii = 0; ii < kBK; ++ii) {
 #pragma unroll
-      for (int i = 0; i < kTM; ++i) {
-        const Cm a = As[ii][ty * kTM + i];
+        for (int i = 0; i < kTM; ++i) {
+          const Cm a = As[ii][ty * kTM + i];
 #pragma unroll
-        for (int j = 0; j < kTN; ++j) {
-          const Cm c = Cs[ii][tx * kTN + j];
-          const Cm u = exp2c(c - a), v = exp2c(c - bs[i][j]);
-          const Cm p = Cm(1) / (u + v);
-          sum[i][j] += Gs[ii][tx * kTN + j] * soft_grad_weight(v, p);
+          for (int j = 0; j < kTN; ++j) {
+            const Cm c = Cs[ii][tx * kTN + j];
+            const Cm u = exp2c(c - a), v = exp2c(c - bs[i][j]);
+            const Cm p = recip(u + v);
+            sum[i][j] += Gs[ii][tx * kTN + j] * soft_grad_weight(v, p);
+          }
         }
       }
     }

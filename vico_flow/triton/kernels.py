@@ -15,7 +15,9 @@ so nothing overflows at any tau. Half types compute in float32.
 import triton
 import triton.language as tl
 
-EXP2_CLAMP = 100.0  # kExp2Clamp in csrc/tropical_common.h
+# kExp2Clamp in csrc/tropical_common.h; a constexpr, since compiled kernels may read
+# only constexpr globals (the interpreter reads any).
+EXP2_CLAMP = tl.constexpr(100.0)
 
 
 @triton.jit
