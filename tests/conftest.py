@@ -23,7 +23,7 @@ CPU_ISAS = EXT.available_cpu_isas() if EXT is not None else []
 
 @contextlib.contextmanager
 def cpu_isa(name):
-    """Forces the float32 CPU kernels onto one instruction set for the block."""
+    """Forces the CPU kernels (float32 and float64) onto one instruction set for the block."""
     EXT.set_cpu_isa(name)
     try:
         yield

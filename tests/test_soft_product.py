@@ -268,17 +268,19 @@ def test_float64_matches_reference_to_its_cutoff(isa, shapes, kind, tau):
         torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-8 * want.abs().max().item())
 
 
-@pytest.mark.skipif(not {"avx512", "scalar"} <= set(CPU_ISAS), reason="needs a processor with AVX-512")
+@pytest.mark.parametrize("vector_isa", [i for i in CPU_ISAS if i != "scalar"])
 @pytest.mark.parametrize("shapes", FLOAT64_SHAPES, ids=str)
-def test_float64_vector_kernels_agree_with_scalar_ones(shapes):
-    # The AVX-512 float64 kernels (their exp2 a polynomial, their reciprocal
-    # Newton steps) against the scalar ones (std::exp2, a division): the same
-    # terms skipped, so only rounding and summation order may differ.
+def test_float64_vector_kernels_agree_with_scalar_ones(shapes, vector_isa):
+    # The float64 vector kernels (their exp2 a polynomial; the reciprocal
+    # Newton steps on AVX-512, a division on AVX2) against the scalar ones
+    # (std::exp2, a division): the same terms skipped, so only rounding and
+    # summation order may differ.
     results = {}
-    for name in ("avx512", "scalar"):
+    for name in (vector_isa, "scalar"):
         with cpu_isa(name):
+            assert vico_flow._C.cpu_isa_float64() == name
             results[name] = _soft_float64(shapes, "wide", 0.01)[3:]
-    (S, (dA, dB)), (sS, (sA, sB)) = results["avx512"], results["scalar"]
+    (S, (dA, dB)), (sS, (sA, sB)) = results[vector_isa], results["scalar"]
     torch.testing.assert_close(S, sS, rtol=1e-12, atol=0)
     for got, want in ((dA, sA), (dB, sB)):
         torch.testing.assert_close(got, want, rtol=1e-11, atol=1e-12 * want.abs().max().item())

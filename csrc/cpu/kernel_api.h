@@ -292,6 +292,7 @@ struct KernelTable {
 extern const KernelTable<float> kAvx512Float;
 extern const KernelTable<double> kAvx512Double;
 extern const KernelTable<float> kAvx2Float;
+extern const KernelTable<double> kAvx2Double;
 extern const KernelTable<float> kScalarFloat;
 extern const KernelTable<double> kScalarDouble;
 

@@ -20,5 +20,6 @@
 namespace vico_flow {
 namespace cpu {
 const KernelTable<float> kAvx2Float = Kernels<simd::Avx2>::table("avx2");
+const KernelTable<double> kAvx2Double = Kernels<simd::Avx2Double>::table("avx2");
 }
 }  // namespace vico_flow

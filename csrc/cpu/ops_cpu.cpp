@@ -54,13 +54,14 @@ template <>
 const KernelTable<float>& table_for<float>() {
   return float_table();
 }
-// float64 follows the float32 choice: with AVX-512 every float64 kernel runs
-// in 8-lane vectors (in scalar code the 1024^3 hard product took 163 ms, its
-// backward 5.1-5.5 ms, and the 512^3 soft forward 39-42 ms); otherwise in
-// scalar code.
+// float64 follows the float32 choice: every float64 kernel runs in 8-lane
+// AVX-512 vectors, or 4-lane AVX2 ones, or scalar code (in scalar code the
+// 1024^3 hard product took 163 ms, its backward 5.1-5.5 ms, and the 512^3 soft
+// forward 39-42 ms).
 template <>
 const KernelTable<double>& table_for<double>() {
-  return &float_table() == &kAvx512Float ? kAvx512Double : kScalarDouble;
+  const KernelTable<float>* f = &float_table();
+  return f == &kAvx512Float ? kAvx512Double : f == &kAvx2Float ? kAvx2Double : kScalarDouble;
 }
 
 // Half and bfloat16 compute in float32 (min/max are exact there, and the soft
@@ -535,6 +536,7 @@ void set_isa(const std::string& name) {
 }
 
 std::string isa() { return float_table().isa; }
+std::string float64_isa() { return table_for<double>().isa; }
 
 std::vector<std::string> available_isas() {
   std::vector<std::string> out;
@@ -563,9 +565,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("soft_backward", &c::soft_backward, "gradients of the soft product, recomputed from A, B, C");
   m.def("chain_forward", &c::chain_forward, "F through several same-shaped (max,min) layers, fused per block");
   m.def("set_cpu_isa", &c::set_isa,
-        "force the CPU kernels' instruction set: auto|avx512|avx2|scalar (float64 products use AVX-512 under "
-        "avx512, scalar code otherwise)");
+        "force the CPU kernels' instruction set (float32 and float64): auto|avx512|avx2|scalar");
   m.def("cpu_isa", &c::isa, "instruction set the float32 CPU kernels use now");
+  m.def("cpu_isa_float64", &c::float64_isa, "instruction set the float64 CPU kernels use now");
   m.def("available_cpu_isas", &c::available_isas, "instruction sets this processor runs");
   m.attr("hard_depth_chunk") = vico_flow::cpu::kHardKC;  // for tests that must span several chunks
   m.def("release_cached_outputs", &c::release_cached_outputs, "free the memory kept for later CPU outputs; returns bytes");

@@ -191,5 +191,135 @@ struct Avx2 {
   }
 };
 
+// AVX2 + FMA wrapper for float64 (4 lanes): processors without AVX-512 run
+// float64 in these vectors rather than in scalar code. The same register
+// budget as Avx2 (6 rows x 2 vectors: NR = 8 columns); no non-temporal
+// paths (their 64-byte lines assume 16 ids per tile row).
+struct Avx2Double {
+  using value_type = double;
+  using reg = __m256d;
+  static constexpr int width = 4;
+  static constexpr int hard_mr = 6;
+  static constexpr int hard_nv = 2;
+  static constexpr int hard_tracked_rows = 3;
+  static constexpr int hard_tracked_nv = 2;
+  static constexpr int soft_nv = 2;
+  static constexpr bool kTranspose16 = false;    // transposes through a tile
+  static constexpr bool kScatter = true;         // gradient scatter: compressed lists, as for float
+  static constexpr bool kEncodeWinners = false;  // winner search pass 2: scalar loop
+  static constexpr bool kStream = false;
+  // No 64-bit integer min before AVX-512: the float min only.
+  static constexpr bool kBitsMin = false;
+
+  static __m256i tail_mask(int n) { return _mm256_cmpgt_epi64(_mm256_set1_epi64x(n), _mm256_setr_epi64x(0, 1, 2, 3)); }
+  static reg load(const double* p) { return _mm256_loadu_pd(p); }
+  static reg load_partial(const double* p, int n, double fill) {
+    const __m256i m = tail_mask(n);
+    return _mm256_blendv_pd(_mm256_set1_pd(fill), _mm256_maskload_pd(p, m), _mm256_castsi256_pd(m));
+  }
+  static void store(double* p, reg v) { _mm256_storeu_pd(p, v); }
+  static void store_partial(double* p, reg v, int n) { _mm256_maskstore_pd(p, tail_mask(n), v); }
+  static void store_lanes(double* out, reg v) { _mm256_storeu_pd(out, v); }
+  static reg in_register(reg x) {  // see simd_avx512.h
+    asm("" : "+x"(x));
+    return x;
+  }
+  static reg set1(double x) { return _mm256_set1_pd(x); }
+  static reg zero() { return _mm256_setzero_pd(); }
+  static reg min(reg a, reg b) { return _mm256_min_pd(a, b); }  // see Avx2::min
+  static reg max(reg a, reg b) { return _mm256_max_pd(a, b); }
+  static reg bits_min(reg a, reg b) { return min(a, b); }
+  static reg add(reg a, reg b) { return _mm256_add_pd(a, b); }
+  static reg sub(reg a, reg b) { return _mm256_sub_pd(a, b); }
+  static reg mul(reg a, reg b) { return _mm256_mul_pd(a, b); }
+  static reg round_nearest(reg x) { return _mm256_round_pd(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static reg fmadd(reg a, reg b, reg c) { return _mm256_fmadd_pd(a, b, c); }
+  // p * 2^n, 2^n built from its exponent bits: |n| <= kExp2Clamp keeps it a normal double.
+  static reg times_exp2(reg p, reg n) {
+    const __m256i e = _mm256_slli_epi64(
+        _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_cvtpd_epi32(n)), _mm256_set1_epi64x(1023)), 52);
+    return _mm256_mul_pd(p, _mm256_castsi256_pd(e));
+  }
+  static reg exp2(reg x) { return exp2_poly<Avx2Double>(x, kExp2PolyDouble); }  // to float64 precision
+  // AVX2 has no float64 reciprocal estimate (a float one would need three
+  // Newton steps): the division, exact.
+  static reg rcp(reg x) { return _mm256_div_pd(_mm256_set1_pd(1.0), x); }
+  static double hsum(reg v) {  // sum of the lanes, as a tree
+    const __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(s, _mm_unpackhi_pd(s, s)));
+  }
+  static uint32_t eq_mask(reg x, double h) {
+    return uint32_t(_mm256_movemask_pd(_mm256_cmp_pd(x, _mm256_set1_pd(h), _CMP_EQ_OQ)));
+  }
+  static uint32_t nan_mask(reg x) { return uint32_t(_mm256_movemask_pd(_mm256_cmp_pd(x, x, _CMP_UNORD_Q))); }
+  // Bit l set where grad_goes_to_a(a[l], b[l]) (the gradient goes to A).
+  static uint32_t le_mask(reg a, reg b) { return uint32_t(_mm256_movemask_pd(le_lanes(a, b))); }
+  static reg le_lanes(reg a, reg b) { return _mm256_cmp_pd(a, b, _CMP_LE_OQ); }
+  static void stream_line(double*, const double*) {}  // kStream is false: never called
+  static void stream_fence() {}
+  static void merge_max(double* c, reg acc) { _mm256_storeu_pd(c, _mm256_max_pd(_mm256_loadu_pd(c), acc)); }
+
+  // The 4 int32 lanes of a float64 lane mask (the low halves of its 64-bit lanes).
+  static __m128i narrow(__m256d mask) {
+    return _mm256_castsi256_si128(
+        _mm256_permutevar8x32_epi32(_mm256_castpd_si256(mask), _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6)));
+  }
+  // Scatter of the hard gradient, as Avx2's with 4 lanes.
+  // Appends (w[l], g[l]) where the winner goes to A (w >= 0); room for 4.
+  static int compress_to_a(const int32_t* w, const double* g, int32_t* off, double* val) {
+    const __m128i wv = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
+    const uint32_t to_a = ~uint32_t(_mm_movemask_ps(_mm_castsi128_ps(wv))) & 0xFu;  // sign bit clear
+    return store_compressed(to_a, wv, _mm256_loadu_pd(g), off, val);
+  }
+  // Appends (~w[l] * stride + lane0 + l, g[l]) where the winner goes to B (w < 0).
+  static int compress_to_b(const int32_t* w, const double* g, int32_t stride, int32_t lane0, int32_t* off,
+                           double* val) {
+    const __m128i wv = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
+    const uint32_t to_b = uint32_t(_mm_movemask_ps(_mm_castsi128_ps(wv)));
+    const __m128i lane = _mm_add_epi32(_mm_setr_epi32(0, 1, 2, 3), _mm_set1_epi32(lane0));
+    const __m128i o = _mm_add_epi32(_mm_mullo_epi32(_mm_xor_si128(wv, _mm_set1_epi32(-1)), _mm_set1_epi32(stride)), lane);
+    return store_compressed(to_b, o, _mm256_loadu_pd(g), off, val);
+  }
+  // The kept lanes to the front (Avx2::kPackTable, whose first 16 entries
+  // list the set bits of 4-bit masks): int32 offsets by lane, float64 values
+  // as pairs of 32-bit lanes.
+  static int store_compressed(uint32_t keep, __m128i off, __m256d g, int32_t* off_out, double* val_out) {
+    const __m256i packed = _mm256_set1_epi32(int32_t(Avx2::kPackTable.v[keep]));
+    const __m256i lane = _mm256_and_si256(_mm256_srlv_epi32(packed, _mm256_setr_epi32(0, 3, 6, 9, 0, 3, 6, 9)),
+                                          _mm256_set1_epi32(7));
+    const __m256i pair = _mm256_and_si256(_mm256_srlv_epi32(packed, _mm256_setr_epi32(0, 0, 3, 3, 6, 6, 9, 9)),
+                                          _mm256_set1_epi32(7));
+    const __m256i halves = _mm256_add_epi32(_mm256_slli_epi32(pair, 1), _mm256_setr_epi32(0, 1, 0, 1, 0, 1, 0, 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(off_out),
+                     _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(_mm256_castsi128_si256(off), lane)));
+    _mm256_storeu_pd(val_out, _mm256_castps_pd(_mm256_permutevar8x32_ps(_mm256_castpd_ps(g), halves)));
+    return __builtin_popcount(keep);
+  }
+  // p[l] = v[l] where mask lane l is set, as a load, blend and store (see Avx2::store_where).
+  static void store_where(int32_t* p, __m128i mask, __m128i v) {
+    __m128i* q = reinterpret_cast<__m128i*>(p);
+    _mm_storeu_si128(q, _mm_blendv_epi8(_mm_loadu_si128(q), v, mask));
+  }
+  static void store_where(double* p, __m256d mask, reg v) { _mm256_storeu_pd(p, _mm256_blendv_pd(_mm256_loadu_pd(p), v, mask)); }
+  // ids[l] = id where acc grew past its value before the sub-chunk.
+  static void track(reg before, reg acc, int32_t* ids, int32_t id) {
+    store_where(ids, narrow(_mm256_cmp_pd(acc, before, _CMP_GT_OQ)), _mm_set1_epi32(id));
+  }
+  // ids[l] = encode_winner(r, grad_goes_to_a(a[l], b[l])) where acc grew past
+  // before (in every lane when kEvery): r where the gradient goes to A, ~r elsewhere.
+  template <bool kEvery>
+  static void track_winner(reg before, reg acc, reg a, reg b, int32_t* ids, int32_t r) {
+    const __m128i at = kEvery ? _mm_set1_epi32(-1) : narrow(_mm256_cmp_pd(acc, before, _CMP_GT_OQ));
+    const __m128i to_b = _mm_xor_si128(narrow(le_lanes(a, b)), _mm_set1_epi32(-1));
+    store_where(ids, at, _mm_xor_si128(_mm_set1_epi32(r), to_b));
+  }
+  // c = acc and idx = ids where acc strictly beats c (earlier chunks win ties).
+  static void merge_max_track(double* c, int32_t* idx, reg acc, const int32_t* ids) {
+    const __m256d gt = _mm256_cmp_pd(acc, _mm256_loadu_pd(c), _CMP_GT_OQ);
+    store_where(c, gt, acc);
+    store_where(idx, narrow(gt), _mm_loadu_si128(reinterpret_cast<const __m128i*>(ids)));
+  }
+};
+
 }  // namespace simd
 }  // namespace vico_flow
