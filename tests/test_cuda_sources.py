@@ -1,6 +1,7 @@
 """The CUDA sources compile: every .cu file with nvcc for sm_80 and sm_90
-(warnings as errors, torch's extension flags), and the torch-side wrapper with the host compiler. Runs
-on machines without a GPU; skips only when nvcc is absent."""
+(warnings as errors, torch's extension flags), and the torch-side wrapper with
+the host compiler. Runs on machines without a GPU; skips only when nvcc is
+absent."""
 import glob
 import os
 import shutil
@@ -27,8 +28,8 @@ def test_cu_compiles(path, arch, tmp_path):
     # nvcc build would accept.
     from torch.utils.cpp_extension import COMMON_NVCC_FLAGS
 
-    cmd = [NVCC, "-c", "-std=c++20", f"-arch={arch}", *COMMON_NVCC_FLAGS, "-I", os.path.join(ROOT, "csrc"), "-Werror", "all-warnings",
-           "-Xcompiler", "-Wall,-Werror", "-o", str(tmp_path / "k.o"), path]
+    cmd = [NVCC, "-c", "-std=c++20", f"-arch={arch}", *COMMON_NVCC_FLAGS, "-I", os.path.join(ROOT, "csrc"),
+           "-Werror", "all-warnings", "-Xcompiler", "-Wall,-Werror", "-o", str(tmp_path / "k.o"), path]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, f"nvcc failed for {os.path.basename(path)} ({arch}):\n{r.stderr[-4000:]}"
 

@@ -139,6 +139,8 @@ def test_graph_to_converts_every_layer_and_passes_gradients_back():
     assert all(l.attn.grad is not None for l in layers if hasattr(l, "attn"))
     with pytest.raises(TypeError, match="FlowGraph.to: dtype must be a floating"):
         graph.to(dtype=torch.int64)
+    with pytest.raises(ValueError, match="FlowGraph.to: device must name a torch device"):
+        graph.to("gpu0")
 
 @settings(max_examples=25)
 @given(graph=flow_graphs(joint=False, allow_resize=False), seed=st.integers(0, 1000), mode=st.sampled_from(["soft", "hard"]))

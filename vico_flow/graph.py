@@ -32,8 +32,8 @@ grid and averages; "chained" follows one path through the whole network.
 """
 from __future__ import annotations
 
-import math
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -252,6 +252,11 @@ class FlowGraph:
         gradients of the new graph's attention reach the original tensors."""
         if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
             raise TypeError(f"FlowGraph.to: dtype must be a floating torch.dtype, got {dtype!r}")
+        if device is not None:
+            try:
+                device = torch.device(device)
+            except (RuntimeError, TypeError) as e:
+                raise ValueError(f"FlowGraph.to: device must name a torch device (e.g. 'cuda'), got {device!r}") from e
         layers = [
             dataclasses.replace(l, attn=l.attn.to(device=device, dtype=dtype)) if hasattr(l, "attn") else l
             for l in self.layers
