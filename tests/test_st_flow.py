@@ -120,6 +120,33 @@ def test_gradient_reaches_every_attention_tensor():
 
 
 
+@pytest.mark.parametrize("cap", [0.3, math.inf])
+def test_soft_readout_is_the_soft_product_with_a_constant_column(cap):
+    # Off the CPU the soft readout is written elementwise (a [K, N] x [N, 1]
+    # product runs on one GPU thread block); it must equal that product, and
+    # rows whose value is not finite (no flow at all) pass no gradient, NaN
+    # included.
+    from vico_flow.flow import _Tropical
+    from vico_flow.ops import soft_minmax_matmul
+
+    gen = torch.Generator().manual_seed(5)
+    F = torch.rand(3, 50, dtype=torch.float64, generator=gen) * 2 - 0.5
+    F[1] = -math.inf  # a source with no flow
+    F[2, :10] = -math.inf
+    ring = _Tropical("soft", 0.05)
+    x = F.clone().requires_grad_()
+    got = ring.soft_readout_elementwise(x, cap)
+    col = torch.full((50, 1), cap, dtype=torch.float64)
+    want = soft_minmax_matmul(F, col, 0.05)[:, 0]
+    assert got[1] == -math.inf
+    # (the CPU kernel skips terms below 2^-(log2 k + 26) of the sum: tau * 2^-25 at most)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0.05 * 2.0**-25)
+    got.sum().backward()
+    assert bool(torch.isfinite(x.grad).all()) and bool((x.grad[1] == 0).all()) and bool((x.grad[2, :10] == 0).all())
+    y = F.clone().requires_grad_()
+    soft_minmax_matmul(y, col, 0.05)[:, 0].sum().backward()
+    torch.testing.assert_close(x.grad, y.grad, rtol=1e-8, atol=1e-8 * float(y.grad.abs().max()))
+
 def test_graph_to_converts_every_layer_and_passes_gradients_back():
     gen = torch.Generator().manual_seed(2)
     layers = [Cross(softmax_attn(gen, 2, 4, 3)), TemporalSelf(softmax_attn(gen, 4, 2, 2)), Resize(Grid(2, 1, 2), "down"),
