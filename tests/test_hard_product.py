@@ -423,3 +423,22 @@ def test_no_grad_needed_skips_argmax():
     A, B = torch.rand(8, 9), torch.rand(9, 7)
     C, idx = torch.ops.vico_flow.minmax_mm(A[None], B[None], "cpu", False)
     assert idx.numel() == 0 and torch.equal(C[0], reference.minmax_matmul(A, B))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("b,m,k", [(1, 4, 40960), (2, 5, 4097), (3, 1, 64), (1, 7, 100), (2, 3, 8192)])
+def test_one_column_products_bit_identical(isa, dtype, b, m, k):
+    # n == 1 from depth 64 on runs with vectors along r, in blocks of 4096
+    # values of r (ColArgs): ragged tails, several blocks, every value kind.
+    g = torch.Generator().manual_seed(b * 100000 + k)
+    for kind in ("uniform", "ties", "inf", "signed", "negative"):
+        A, B = rand(b, m, k, dtype=dtype, kind=kind, gen=g), rand(b, k, 1, dtype=dtype, kind=kind, gen=g)
+        assert torch.equal(vico_flow.minmax_matmul(A, B), reference.minmax_matmul(A, B)), kind
+    # strided: A transposed (r not contiguous), B one column of a wider matrix, broadcast over the batch
+    At = rand(b, k, m, dtype=dtype, gen=g).transpose(1, 2)
+    Bw = rand(k, 3, dtype=dtype, gen=g)[:, 1:2]
+    assert torch.equal(vico_flow.minmax_matmul(At, Bw), reference.minmax_matmul(At, Bw))
+    # the soft product's shift H comes from the same path
+    S = vico_flow.soft_minmax_matmul(At, Bw, 0.05).double()
+    tol = 1e-5 if dtype in (torch.float32, torch.float64) else 1e-2  # half types: the output's rounding
+    torch.testing.assert_close(S, reference.soft_minmax_matmul(At.double(), Bw.double(), 0.05), rtol=tol, atol=tol)

@@ -159,7 +159,9 @@ def test_bad_inputs_raise_clear_errors(name):
 # winner search to use its transposed copy of B, and both operands packed once
 # before the product's tasks (more than one row block and column block; two
 # depth chunks).
-NAN_SHAPES = [(5, 9, 7), (4, 16, 16), (64, 256, 32), (70, 300, 90), (33, 513, 40), (50, 1040, 300)]
+# (the last two: one-column products, read with vectors along r in blocks of 4096)
+NAN_SHAPES = [(5, 9, 7), (4, 16, 16), (64, 256, 32), (70, 300, 90), (33, 513, 40), (50, 1040, 300), (3, 70, 1),
+              (4, 5000, 1)]
 
 
 @given(

@@ -129,6 +129,28 @@ struct HardArgs {
   int64_t pack_tasks() const { return batch * chunks() * (pack_a_tasks() + pack_b_tasks()); }
 };
 
+// C = A (max,min) B for products of one column (n == 1) without winners
+// (soft readouts: [K x N] x [N x 1]): vectors along the inner dimension. The
+// tiled product pads the one column to its register tile's NR (64 in float32
+// on AVX-512): a [4 x 40960] x [40960 x 1] product took 1.0 ms there.
+// A task takes kBlock values of r of one product, all its rows, and writes
+// each row's partial max to part[(b * blocks() + block) * m + i].
+template <class T>
+struct ColArgs {
+  const T* a;  // A[b, i, r] at a + b*a_sb + i*a_si + r (unit stride along r)
+  const T* b;  // B[b, r, 0] at b + b*b_sb + r (unit stride along r)
+  int64_t a_sb, a_si, b_sb;
+  T* part;
+  int64_t batch, m, k;
+  std::atomic<int>* nan_seen;  // set when an operand holds NaN
+  static constexpr int64_t kBlock = 4096;  // 16 KB of B in float32: stays in L1 across the rows
+  // Used from this depth on (shallower one-column products are small products).
+  static constexpr int64_t kMinDepth = 64;
+  static bool applies(int64_t n, int64_t k) { return n == 1 && k >= kMinDepth; }
+  int64_t blocks() const { return ceil_div(k, kBlock); }
+  int64_t num_tasks() const { return batch * blocks(); }
+};
+
 template <class T>
 struct ArgmaxArgs {
   const T* a;    // contiguous [batch, m, k]
@@ -286,6 +308,7 @@ struct KernelTable {
   void (*scatter_b)(const ScatterArgs<T>&, int64_t task);  // one column tile of dB per task
   void (*scatter_whole)(const ScatterArgs<T>&, int64_t task);  // products_per_task() whole products per task
   void (*transpose)(const TransposeArgs<T>&, int64_t task);  // one block of kRows rows per task
+  void (*hard_col)(const ColArgs<T>&, int64_t task);  // one-column products (ColArgs)
 };
 
 // Defined in kernels_<isa>.cpp.

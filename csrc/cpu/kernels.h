@@ -1241,10 +1241,52 @@ struct Kernels {
     transpose_rest(p, task, c0);
   }
 
+  // ------------------------------------------------------------ one column
+  // ColArgs: kBlock values of r of one product, for all its rows; the column
+  // of B is read in vectors (NaN noted once), each row of A against it with
+  // four accumulators (the max/min chains are latency-bound with one).
+  static void hard_col(const ColArgs<T>& p, int64_t task) {
+    constexpr int kAcc = 4;
+    const int64_t blocks = p.blocks(), blk = task % blocks, bi = task / blocks;
+    const int64_t r0 = blk * ColArgs<T>::kBlock, r1 = std::min(p.k, r0 + ColArgs<T>::kBlock);
+    const T* const b = p.b + bi * p.b_sb;
+    uint32_t nan = 0;
+    int64_t r = r0;
+    for (; r + W <= r1; r += W) nan |= V::nan_mask(V::load(b + r));
+    if (r < r1) nan |= V::nan_mask(V::load_partial(b + r, int(r1 - r), neg_inf()));
+    alignas(64) T lanes[W];
+    for (int64_t i = 0; i < p.m; ++i) {
+      const T* const a = p.a + bi * p.a_sb + i * p.a_si;
+      reg acc[kAcc];
+      for (int q = 0; q < kAcc; ++q) acc[q] = V::set1(neg_inf());
+      r = r0;
+      for (; r + kAcc * W <= r1; r += kAcc * W) {
+#pragma GCC unroll 4
+        for (int q = 0; q < kAcc; ++q) {
+          const reg av = V::load(a + r + q * W);
+          nan |= V::nan_mask(av);
+          acc[q] = V::max(acc[q], V::min(av, V::load(b + r + q * W)));
+        }
+      }
+      for (; r < r1; r += W) {  // the last vectors, the last one partial (-inf beyond: no effect on the max)
+        const int rest = int(std::min<int64_t>(W, r1 - r));
+        const reg av = V::load_partial(a + r, rest, neg_inf());
+        nan |= V::nan_mask(av);
+        acc[0] = V::max(acc[0], V::min(av, V::load_partial(b + r, rest, neg_inf())));
+      }
+      for (int q = 1; q < kAcc; ++q) acc[0] = V::max(acc[0], acc[q]);
+      V::store_lanes(lanes, acc[0]);
+      T best = lanes[0];
+      for (int l = 1; l < W; ++l) best = tmax(best, lanes[l]);
+      p.part[(bi * blocks + blk) * p.m + i] = best;
+    }
+    if (nan && p.nan_seen) p.nan_seen->store(1, std::memory_order_relaxed);
+  }
+
   static KernelTable<T> table(const char* name) {
     return {name,           &hard,      &hard_pack, MR,         NR,        &argmax,        &soft_fwd,
             &soft_grad,     &soft_grad_prep,        &soft_grad_whole,      &scatter_a,     &scatter_b,
-            &scatter_whole, &transpose};
+            &scatter_whole, &transpose,     &hard_col};
   }
 };
 

@@ -193,6 +193,32 @@ void pack_once(HardArgs<T>& p, const KernelTable<T>& kt, PackedOperands& packed)
   run_tasks_dynamic(p.pack_tasks(), [&](int64_t t) { kt.hard_pack(p, t); });
 }
 
+// C = A (max,min) B for one-column products (ColArgs), C contiguous: each
+// task's partial maxima, then their max per output; raises ValueError when an
+// operand holds NaN.
+template <class T>
+void hard_col_into(const at::Tensor& A_in, const at::Tensor& B_in, at::Tensor& C) {
+  const at::Tensor A = A_in.stride(2) == 1 ? A_in : A_in.contiguous();
+  const at::Tensor B = B_in.stride(1) == 1 ? B_in : B_in.contiguous();
+  std::atomic<int> nan_seen{0};
+  ColArgs<T> p{A.data_ptr<T>(), B.data_ptr<T>(), A.stride(0), A.stride(1), B.stride(0), nullptr,
+               A.size(0),       A.size(1),       A.size(2),   &nan_seen};
+  const int64_t blocks = p.blocks(), outputs = p.batch * p.m;
+  at::Tensor part = at::empty({outputs * blocks}, A.options());
+  p.part = part.data_ptr<T>();
+  const auto& kt = table_for<T>();
+  run_tasks_dynamic(p.num_tasks(), [&](int64_t t) { kt.hard_col(p, t); });
+  refuse_nan(nan_seen);
+  T* const c = C.data_ptr<T>();
+  const T* const q = p.part;
+  for (int64_t o = 0; o < outputs; ++o) {  // o = bi * m + i
+    const int64_t bi = o / p.m, i = o % p.m;
+    T best = q[bi * blocks * p.m + i];
+    for (int64_t blk = 1; blk < blocks; ++blk) best = tmax(best, q[(bi * blocks + blk) * p.m + i]);
+    c[o] = best;
+  }
+}
+
 // C = A (max,min) B in the compute type (`sub`: see hard_args); raises
 // ValueError when an operand holds NaN. `and_then` (nullable): a transposed
 // copy run in the same parallel region after the product's tasks, so that it
@@ -200,6 +226,7 @@ void pack_once(HardArgs<T>& p, const KernelTable<T>& kt, PackedOperands& packed)
 template <class T>
 void hard_into(const at::Tensor& A, const at::Tensor& B, at::Tensor& C, int32_t* sub = nullptr,
                const TransposeArgs<T>* and_then = nullptr) {
+  if (!sub && !and_then && ColArgs<T>::applies(B.size(2), A.size(2))) return hard_col_into<T>(A, B, C);
   std::atomic<int> nan_seen{0};
   HardArgs<T> p = hard_args<T>(A, B, C, sub);
   p.nan_seen = &nan_seen;
