@@ -316,3 +316,45 @@ def test_backward_memory_is_inputs_plus_outputs():
         vico_flow.soft_minmax_matmul(A, B)
     assert sum(saved) <= 64 * 96 + 96 * 80 + 64 * 80
 
+
+
+@pytest.mark.parametrize("tau", [0.01, 0.2])
+@pytest.mark.parametrize("kind", ["uniform", "wide", "inf", "negative"])
+@pytest.mark.parametrize("b,m,k", [(1, 4, 40960), (2, 5, 4097), (3, 2, 2100), (1, 3, 64)])
+def test_one_column_products(isa, b, m, k, kind, tau):
+    # n == 1 from depth 64 on (ST-Flow's soft readout): vectors along r in
+    # blocks of 4096 (ColArgs), forward and both gradients; +-inf operands
+    # give outputs at +-inf, which pass no gradient.
+    g = torch.Generator().manual_seed(b * 100000 + k + int(tau * 100))
+    A, B = rand(b, m, k, kind=kind, gen=g), rand(k, 1, kind=kind, gen=g)  # B broadcast over the batch
+    if kind == "inf":
+        A[0, 0] = -torch.inf  # an output at -inf
+    S = vico_flow.soft_minmax_matmul(A, B, tau)
+    R = reference.soft_minmax_matmul(A.double(), B.double(), tau)
+    assert torch.equal(S.isfinite(), R.isfinite()) and torch.equal(S[~S.isfinite()].double(), R[~R.isfinite()])
+    torch.testing.assert_close(S.double(), R, rtol=1e-5, atol=1e-6)
+    H = reference.minmax_matmul(A, B).double()
+    lo, hi = reference.soft_minmax_bounds(H, tau, k)
+    assert bool((((S.double() >= lo - 1e-5) & (S.double() <= hi + 1e-5)) | ~S.isfinite()).all())
+    up = torch.randn(b, m, 1, generator=g)
+    dA, dB = _grads(A, B, up, tau, "cpu")
+    rA, rB = _grads(A.double(), B.double(), up.double(), tau, "reference")
+    fA, fB = _grads(A, B, up, tau, "reference")  # the float32 reference
+    # the tiled kernels on the same column twice (n = 2): each half of the gradient
+    tA, tB = _grads(A, torch.cat([B, B], 1), torch.cat([up, up], 2), tau, "cpu")
+    for got, want, ref32, tiled in ((dA, rA, fA, tA / 2), (dB, rB, fB, tB[:, :1])):
+        assert bool(torch.isfinite(got).all())
+        # The kernels' gradient weights 2^((C - a) s) carry s times C's float32
+        # rounding (~1e-4 relative at tau = 0.01 and |C| ~ 50): the error is
+        # bounded by twice the larger of the tiled kernels' and the float32
+        # reference's.
+        err = (got.double() - want).abs().max().item()
+        bound = max((ref32.double() - want).abs().max().item(), (tiled.double() - want).abs().max().item())
+        assert err <= 2 * bound + 1e-5 * want.abs().max().item() + 1e-7, (err, bound)
+
+
+def test_one_column_gradcheck_float64():
+    g = torch.Generator().manual_seed(21)
+    A = rand(2, 2100, dtype=torch.float64, gen=g).requires_grad_()  # m*k + k > 4096: not a small product
+    B = rand(2100, 1, dtype=torch.float64, gen=g).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: vico_flow.soft_minmax_matmul(a, b, 0.2), (A, B))

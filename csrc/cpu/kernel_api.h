@@ -129,12 +129,15 @@ struct HardArgs {
   int64_t pack_tasks() const { return batch * chunks() * (pack_a_tasks() + pack_b_tasks()); }
 };
 
-// C = A (max,min) B for products of one column (n == 1) without winners
-// (soft readouts: [K x N] x [N x 1]): vectors along the inner dimension. The
-// tiled product pads the one column to its register tile's NR (64 in float32
-// on AVX-512): a [4 x 40960] x [40960 x 1] product took 1.0 ms there.
-// A task takes kBlock values of r of one product, all its rows, and writes
-// each row's partial max to part[(b * blocks() + block) * m + i].
+// Products of one column (n == 1; soft readouts: [K x N] x [N x 1]), hard
+// without winners and soft, forward and backward: vectors along the inner
+// dimension. The tiled kernels pad the one column to a tile's width (NR = 64
+// in float32 on AVX-512): a hard [4 x 40960] x [40960 x 1] product took
+// 1.0 ms there, its soft forward 2.2 ms, fwd+bwd 6.7 ms. A task takes kBlock
+// values of r of one product and all its rows. Forward kernels write each
+// row's partial max (hard) or partial sum of terms (soft) to
+// part[(b * blocks() + block) * m + i]; the gradient kernel writes its block
+// of dA and dB.
 template <class T>
 struct ColArgs {
   const T* a;  // A[b, i, r] at a + b*a_sb + i*a_si + r (unit stride along r)
@@ -142,7 +145,18 @@ struct ColArgs {
   int64_t a_sb, a_si, b_sb;
   T* part;
   int64_t batch, m, k;
-  std::atomic<int>* nan_seen;  // set when an operand holds NaN
+  std::atomic<int>* nan_seen;  // set when an operand holds NaN (hard_col)
+  // soft: c = the hard product H (soft_col) or C with 0 where it is not finite
+  // (soft_col_grad), contiguous [b, m]; scale = log2(e) / tau.
+  const T* c = nullptr;
+  T scale = T(1);
+  // soft_col_grad: g contiguous [b, m] with 0 where C is not finite, scaled by
+  // gnorm under flush-to-zero (see SoftGradArgs::gnorm); dA contiguous
+  // [b, m, k], dB contiguous [b, k].
+  const T* g = nullptr;
+  T gnorm = T(1);
+  T* da = nullptr;
+  T* db = nullptr;
   static constexpr int64_t kBlock = 4096;  // 16 KB of B in float32: stays in L1 across the rows
   // Used from this depth on (shallower one-column products are small products).
   static constexpr int64_t kMinDepth = 64;
@@ -309,6 +323,8 @@ struct KernelTable {
   void (*scatter_whole)(const ScatterArgs<T>&, int64_t task);  // products_per_task() whole products per task
   void (*transpose)(const TransposeArgs<T>&, int64_t task);  // one block of kRows rows per task
   void (*hard_col)(const ColArgs<T>&, int64_t task);  // one-column products (ColArgs)
+  void (*soft_col)(const ColArgs<T>&, int64_t task);
+  void (*soft_col_grad)(const ColArgs<T>&, int64_t task);
 };
 
 // Defined in kernels_<isa>.cpp.

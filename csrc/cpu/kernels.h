@@ -1283,10 +1283,97 @@ struct Kernels {
     if (nan && p.nan_seen) p.nan_seen->store(1, std::memory_order_relaxed);
   }
 
+  // Soft one-column forward (ColArgs, p.c = H): per row with a finite shift
+  // h, the partial sum over the task's r of 1/(2^((h-a)s) + 2^((h-b)s)),
+  // s = p.scale; every term, none skipped. The difference is taken before the
+  // scaling: h*s - a*s loses the low bits of two large products (at tau =
+  // 0.01 and values ~50, ~3e-4 of each weight, which the gradient showed).
+  // The last vector's lanes past the block count zero.
+  static void soft_col(const ColArgs<T>& p, int64_t task) {
+    constexpr int kAcc = 2;
+    const int64_t blocks = p.blocks(), blk = task % blocks, bi = task / blocks;
+    const int64_t r0 = blk * ColArgs<T>::kBlock, r1 = std::min(p.k, r0 + ColArgs<T>::kBlock);
+    const T* const b = p.b + bi * p.b_sb;
+    const reg sv = V::set1(p.scale);
+    alignas(64) T ones[W];
+    std::fill(ones, ones + W, T(1));
+    for (int64_t i = 0; i < p.m; ++i) {
+      const T h = p.c[bi * p.m + i];
+      T& out = p.part[(bi * blocks + blk) * p.m + i];
+      if (!std::isfinite(h)) {  // C = H there: no sum needed
+        out = T(0);
+        continue;
+      }
+      const T* const a = p.a + bi * p.a_sb + i * p.a_si;
+      const reg hv = V::set1(h);
+      reg acc[kAcc];
+      for (int q = 0; q < kAcc; ++q) acc[q] = V::zero();
+      int64_t r = r0;
+      for (; r + kAcc * W <= r1; r += kAcc * W) {
+#pragma GCC unroll 2
+        for (int q = 0; q < kAcc; ++q) {
+          const reg u = V::exp2(V::mul(V::sub(hv, V::load(a + r + q * W)), sv));
+          const reg v = V::exp2(V::mul(V::sub(hv, V::load(b + r + q * W)), sv));
+          acc[q] = V::add(acc[q], V::rcp(V::add(u, v)));
+        }
+      }
+      for (; r < r1; r += W) {
+        const int rest = int(std::min<int64_t>(W, r1 - r));
+        const reg u = V::exp2(V::mul(V::sub(hv, V::load_partial(a + r, rest, T(0))), sv));
+        const reg v = V::exp2(V::mul(V::sub(hv, V::load_partial(b + r, rest, T(0))), sv));
+        acc[0] = V::add(acc[0], V::mul(V::rcp(V::add(u, v)), V::load_partial(ones, rest, T(0))));
+      }
+      for (int q = 1; q < kAcc; ++q) acc[0] = V::add(acc[0], acc[q]);
+      out = V::hsum(acc[0]);
+    }
+  }
+
+  // Soft one-column gradients (ColArgs): for the task's r, per row i,
+  //   dA[i, r] = g_i u p^2,  dB[r] = sum_i g_i v p^2,
+  //   u = 2^((c_i - a)s), v = 2^((c_i - b)s), p = 1/(u+v)
+  // (soft_grad_part; differences before scaling, see soft_col), every term, under FlushDenormals on g scaled by gnorm
+  // and scaled back after (as soft_grad_whole: the terms that do not count
+  // lie far below float32's smallest normal).
+  static void soft_col_grad(const ColArgs<T>& p, int64_t task) {
+    const int64_t blocks = p.blocks(), blk = task % blocks, bi = task / blocks;
+    const int64_t r0 = blk * ColArgs<T>::kBlock, r1 = std::min(p.k, r0 + ColArgs<T>::kBlock);
+    const T* const b = p.b + bi * p.b_sb;
+    T* const db = p.db + bi * p.k;
+    std::fill(db + r0, db + r1, T(0));
+    {
+      const FlushDenormals flush;
+      const reg sv = V::set1(p.scale);
+      for (int64_t i = 0; i < p.m; ++i) {
+        T* const da = p.da + (bi * p.m + i) * p.k;
+        const T g = p.g[bi * p.m + i] * p.gnorm;
+        if (g == T(0)) {  // no upstream gradient, or C not finite: nothing passes
+          std::fill(da + r0, da + r1, T(0));
+          continue;
+        }
+        const T* const a = p.a + bi * p.a_sb + i * p.a_si;
+        const reg cv = V::set1(p.c[bi * p.m + i]), gv = V::set1(g);
+        for (int64_t r = r0; r < r1; r += W) {
+          const int rest = int(std::min<int64_t>(W, r1 - r));
+          const reg u = V::exp2(V::mul(V::sub(cv, V::load_partial(a + r, rest, T(0))), sv));
+          const reg v = V::exp2(V::mul(V::sub(cv, V::load_partial(b + r, rest, T(0))), sv));
+          const reg pr = V::rcp(V::add(u, v));
+          V::store_partial(da + r, soft_grad_part(u, pr, gv), rest);
+          V::store_partial(db + r, V::add(V::load_partial(db + r, rest, T(0)), soft_grad_part(v, pr, gv)), rest);
+        }
+      }
+    }
+    if (p.gnorm != T(1)) {
+      const T unnorm = T(1) / p.gnorm;
+      for (int64_t i = 0; i < p.m; ++i)
+        for (T* x = p.da + (bi * p.m + i) * p.k + r0; x < p.da + (bi * p.m + i) * p.k + r1; ++x) *x *= unnorm;
+      for (T* x = db + r0; x < db + r1; ++x) *x *= unnorm;
+    }
+  }
+
   static KernelTable<T> table(const char* name) {
     return {name,           &hard,      &hard_pack, MR,         NR,        &argmax,        &soft_fwd,
             &soft_grad,     &soft_grad_prep,        &soft_grad_whole,      &scatter_a,     &scatter_b,
-            &scatter_whole, &transpose,     &hard_col};
+            &scatter_whole, &transpose,     &hard_col,      &soft_col,      &soft_col_grad};
   }
 };
 

@@ -196,15 +196,27 @@ void pack_once(HardArgs<T>& p, const KernelTable<T>& kt, PackedOperands& packed)
 // C = A (max,min) B for one-column products (ColArgs), C contiguous: each
 // task's partial maxima, then their max per output; raises ValueError when an
 // operand holds NaN.
+// The operands of a one-column product with r at unit stride (a copy only
+// where it is not), and the ColArgs that read them.
+template <class T>
+struct ColOperands {
+  at::Tensor A, B;
+  ColArgs<T> args;
+  ColOperands(const at::Tensor& A_in, const at::Tensor& B_in)
+      : A(A_in.stride(2) == 1 ? A_in : A_in.contiguous()),
+        B(B_in.stride(1) == 1 ? B_in : B_in.contiguous()),
+        args{A.data_ptr<T>(), B.data_ptr<T>(), A.stride(0), A.stride(1), B.stride(0), nullptr,
+             A.size(0),       A.size(1),       A.size(2),   nullptr} {}
+};
+
 template <class T>
 void hard_col_into(const at::Tensor& A_in, const at::Tensor& B_in, at::Tensor& C) {
-  const at::Tensor A = A_in.stride(2) == 1 ? A_in : A_in.contiguous();
-  const at::Tensor B = B_in.stride(1) == 1 ? B_in : B_in.contiguous();
+  ColOperands<T> ops(A_in, B_in);
+  ColArgs<T>& p = ops.args;
   std::atomic<int> nan_seen{0};
-  ColArgs<T> p{A.data_ptr<T>(), B.data_ptr<T>(), A.stride(0), A.stride(1), B.stride(0), nullptr,
-               A.size(0),       A.size(1),       A.size(2),   &nan_seen};
+  p.nan_seen = &nan_seen;
   const int64_t blocks = p.blocks(), outputs = p.batch * p.m;
-  at::Tensor part = at::empty({outputs * blocks}, A.options());
+  at::Tensor part = at::empty({outputs * blocks}, C.options());
   p.part = part.data_ptr<T>();
   const auto& kt = table_for<T>();
   run_tasks_dynamic(p.num_tasks(), [&](int64_t t) { kt.hard_col(p, t); });
@@ -216,6 +228,29 @@ void hard_col_into(const at::Tensor& A_in, const at::Tensor& B_in, at::Tensor& C
     T best = q[bi * blocks * p.m + i];
     for (int64_t blk = 1; blk < blocks; ++blk) best = tmax(best, q[(bi * blocks + blk) * p.m + i]);
     c[o] = best;
+  }
+}
+
+// The soft one-column product (ColArgs) into C, which holds the hard one H:
+// per output with a finite H, C = H + tau ln(sum of the tasks' partial sums).
+template <class T>
+void soft_col_into(const at::Tensor& A_in, const at::Tensor& B_in, at::Tensor& C, double tau) {
+  ColOperands<T> ops(A_in, B_in);
+  ColArgs<T>& p = ops.args;
+  p.c = C.data_ptr<T>();
+  p.scale = T(kLog2e / tau);
+  const int64_t blocks = p.blocks(), outputs = p.batch * p.m;
+  at::Tensor part = at::empty({outputs * blocks}, C.options());
+  p.part = part.data_ptr<T>();
+  const auto& kt = table_for<T>();
+  run_tasks_dynamic(p.num_tasks(), [&](int64_t t) { kt.soft_col(p, t); });
+  T* const c = C.data_ptr<T>();
+  for (int64_t o = 0; o < outputs; ++o) {
+    if (!std::isfinite(c[o])) continue;  // C = H
+    const int64_t bi = o / p.m, i = o % p.m;
+    T sum = T(0);
+    for (int64_t blk = 0; blk < blocks; ++blk) sum += p.part[(bi * blocks + blk) * p.m + i];
+    c[o] += T(tau) * std::log(sum);
   }
 }
 
@@ -346,7 +381,9 @@ at::Tensor soft_forward(const at::Tensor& A_in, const at::Tensor& B_in, double t
   at::Tensor C = empty_output({batch, m, n}, A.options());
   AT_DISPATCH_FLOATING_TYPES(ct, "vico_flow_soft_forward", [&] {
     hard_into<scalar_t>(A, B, C);  // the shift H
-    if (k > 0) {
+    if (k > 0 && ColArgs<scalar_t>::applies(n, k)) {
+      soft_col_into<scalar_t>(A, B, C, tau);
+    } else if (k > 0) {
       const double s = kLog2e / tau;
       const at::Tensor Ac = A.contiguous();
       at::Tensor Bs = empty_output(B.sizes(), B.options());
@@ -477,6 +514,21 @@ std::tuple<at::Tensor, at::Tensor> soft_backward(const at::Tensor& grad_in, cons
       p.gnorm = gnorm;
       const auto& kt = table_for<scalar_t>();
       run_tasks(p.num_tasks(), [&](int64_t t) { kt.soft_grad_whole(p, t); });
+      return;
+    }
+    if (ColArgs<scalar_t>::applies(n, k)) {  // one column: vectors along r, both gradients in one pass
+      ColOperands<scalar_t> ops(A_in.to(ct), B_in.to(ct));
+      ColArgs<scalar_t>& p = ops.args;
+      dA = empty_output({batch, m, k}, ops.B.options());
+      dB = empty_output({batch, k, n}, ops.B.options());
+      p.c = C.data_ptr<scalar_t>();
+      p.g = G.data_ptr<scalar_t>();
+      p.gnorm = gnorm;
+      p.scale = scalar_t(s);
+      p.da = dA.data_ptr<scalar_t>();
+      p.db = dB.data_ptr<scalar_t>();
+      const auto& kt = table_for<scalar_t>();
+      run_tasks_dynamic(p.num_tasks(), [&](int64_t t) { kt.soft_col_grad(p, t); });
       return;
     }
     const at::Tensor At = transposed_copy<scalar_t>(A_in.to(ct));  // [b,k,m]
