@@ -426,10 +426,11 @@ def test_no_grad_needed_skips_argmax():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("b,m,k", [(1, 4, 40960), (2, 5, 4097), (3, 1, 64), (1, 7, 100), (2, 3, 8192)])
+@pytest.mark.parametrize("b,m,k", [(1, 4, 40960), (2, 5, 4097), (3, 1, 64), (1, 7, 100), (2, 3, 8192), (2, 150, 5000)])
 def test_one_column_products_bit_identical(isa, dtype, b, m, k):
     # n == 1 from depth 64 on runs with vectors along r, in blocks of 4096
-    # values of r (ColArgs): ragged tails, several blocks, every value kind.
+    # values of r and 64 rows (ColArgs): ragged tails, several blocks of
+    # both, every value kind.
     g = torch.Generator().manual_seed(b * 100000 + k)
     for kind in ("uniform", "ties", "inf", "signed", "negative"):
         A, B = rand(b, m, k, dtype=dtype, kind=kind, gen=g), rand(b, k, 1, dtype=dtype, kind=kind, gen=g)

@@ -320,7 +320,7 @@ def test_backward_memory_is_inputs_plus_outputs():
 
 @pytest.mark.parametrize("tau", [0.01, 0.2])
 @pytest.mark.parametrize("kind", ["uniform", "wide", "inf", "negative"])
-@pytest.mark.parametrize("b,m,k", [(1, 4, 40960), (2, 5, 4097), (3, 2, 2100), (1, 3, 64)])
+@pytest.mark.parametrize("b,m,k", [(1, 4, 40960), (2, 5, 4097), (3, 2, 2100), (1, 3, 64), (2, 150, 5000)])
 def test_one_column_products(isa, b, m, k, kind, tau):
     # n == 1 from depth 64 on (ST-Flow's soft readout): vectors along r in
     # blocks of 4096 (ColArgs), forward and both gradients; +-inf operands

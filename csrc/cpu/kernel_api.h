@@ -134,10 +134,10 @@ struct HardArgs {
 // dimension. The tiled kernels pad the one column to a tile's width (NR = 64
 // in float32 on AVX-512): a hard [4 x 40960] x [40960 x 1] product took
 // 1.0 ms there, its soft forward 2.2 ms, fwd+bwd 6.7 ms. A task takes kBlock
-// values of r of one product and all its rows. Forward kernels write each
-// row's partial max (hard) or partial sum of terms (soft) to
-// part[(b * blocks() + block) * m + i]; the gradient kernel writes its block
-// of dA and dB.
+// values of r of one product and kRows of its rows (forward) or all of them
+// (gradient). Forward kernels write each row's partial max (hard) or partial
+// sum of terms (soft) to part[(b * blocks() + block) * m + i]; the gradient
+// kernel writes its block of dA and dB.
 template <class T>
 struct ColArgs {
   const T* a;  // A[b, i, r] at a + b*a_sb + i*a_si + r (unit stride along r)
@@ -158,11 +158,17 @@ struct ColArgs {
   T* da = nullptr;
   T* db = nullptr;
   static constexpr int64_t kBlock = 4096;  // 16 KB of B in float32: stays in L1 across the rows
+  // The forward kernels split the rows too, kRows to a task (so that a tall A
+  // with a short column still spreads over the threads); the gradient kernel
+  // takes every row of its block, whose dB it owns.
+  static constexpr int64_t kRows = 64;
   // Used from this depth on (shallower one-column products are small products).
   static constexpr int64_t kMinDepth = 64;
   static bool applies(int64_t n, int64_t k) { return n == 1 && k >= kMinDepth; }
   int64_t blocks() const { return ceil_div(k, kBlock); }
-  int64_t num_tasks() const { return batch * blocks(); }
+  int64_t row_blocks() const { return ceil_div(m, kRows); }
+  int64_t num_tasks() const { return batch * blocks() * row_blocks(); }  // forward
+  int64_t grad_tasks() const { return batch * blocks(); }
 };
 
 template <class T>

@@ -1245,17 +1245,27 @@ struct Kernels {
   // ColArgs: kBlock values of r of one product, for all its rows; the column
   // of B is read in vectors (NaN noted once), each row of A against it with
   // four accumulators (the max/min chains are latency-bound with one).
+  // A forward task's product bi, block of r [r0, r1) and rows [i0, i1).
+  struct ColTask {
+    int64_t bi, blk, r0, r1, i0, i1;
+  };
+  static ColTask col_task(const ColArgs<T>& p, int64_t task) {
+    const int64_t rbs = p.row_blocks(), rb = task % rbs, blk = (task / rbs) % p.blocks(), bi = task / (rbs * p.blocks());
+    const int64_t r0 = blk * ColArgs<T>::kBlock, i0 = rb * ColArgs<T>::kRows;
+    return {bi, blk, r0, std::min(p.k, r0 + ColArgs<T>::kBlock), i0, std::min(p.m, i0 + ColArgs<T>::kRows)};
+  }
+
   static void hard_col(const ColArgs<T>& p, int64_t task) {
     constexpr int kAcc = 4;
-    const int64_t blocks = p.blocks(), blk = task % blocks, bi = task / blocks;
-    const int64_t r0 = blk * ColArgs<T>::kBlock, r1 = std::min(p.k, r0 + ColArgs<T>::kBlock);
+    const auto [bi, blk, r0, r1, i0, i1] = col_task(p, task);
+    const int64_t blocks = p.blocks();
     const T* const b = p.b + bi * p.b_sb;
     uint32_t nan = 0;
     int64_t r = r0;
     for (; r + W <= r1; r += W) nan |= V::nan_mask(V::load(b + r));
     if (r < r1) nan |= V::nan_mask(V::load_partial(b + r, int(r1 - r), neg_inf()));
     alignas(64) T lanes[W];
-    for (int64_t i = 0; i < p.m; ++i) {
+    for (int64_t i = i0; i < i1; ++i) {
       const T* const a = p.a + bi * p.a_sb + i * p.a_si;
       reg acc[kAcc];
       for (int q = 0; q < kAcc; ++q) acc[q] = V::set1(neg_inf());
@@ -1291,13 +1301,13 @@ struct Kernels {
   // The last vector's lanes past the block count zero.
   static void soft_col(const ColArgs<T>& p, int64_t task) {
     constexpr int kAcc = 2;
-    const int64_t blocks = p.blocks(), blk = task % blocks, bi = task / blocks;
-    const int64_t r0 = blk * ColArgs<T>::kBlock, r1 = std::min(p.k, r0 + ColArgs<T>::kBlock);
+    const auto [bi, blk, r0, r1, i0, i1] = col_task(p, task);
+    const int64_t blocks = p.blocks();
     const T* const b = p.b + bi * p.b_sb;
     const reg sv = V::set1(p.scale);
     alignas(64) T ones[W];
     std::fill(ones, ones + W, T(1));
-    for (int64_t i = 0; i < p.m; ++i) {
+    for (int64_t i = i0; i < i1; ++i) {
       const T h = p.c[bi * p.m + i];
       T& out = p.part[(bi * blocks + blk) * p.m + i];
       if (!std::isfinite(h)) {  // C = H there: no sum needed

@@ -193,9 +193,6 @@ void pack_once(HardArgs<T>& p, const KernelTable<T>& kt, PackedOperands& packed)
   run_tasks_dynamic(p.pack_tasks(), [&](int64_t t) { kt.hard_pack(p, t); });
 }
 
-// C = A (max,min) B for one-column products (ColArgs), C contiguous: each
-// task's partial maxima, then their max per output; raises ValueError when an
-// operand holds NaN.
 // The operands of a one-column product with r at unit stride (a copy only
 // where it is not), and the ColArgs that read them.
 template <class T>
@@ -209,6 +206,9 @@ struct ColOperands {
              A.size(0),       A.size(1),       A.size(2),   nullptr} {}
 };
 
+// C = A (max,min) B for one-column products (ColArgs), C contiguous: each
+// task's partial maxima, then their max per output; raises ValueError when an
+// operand holds NaN.
 template <class T>
 void hard_col_into(const at::Tensor& A_in, const at::Tensor& B_in, at::Tensor& C) {
   ColOperands<T> ops(A_in, B_in);
@@ -528,7 +528,7 @@ std::tuple<at::Tensor, at::Tensor> soft_backward(const at::Tensor& grad_in, cons
       p.da = dA.data_ptr<scalar_t>();
       p.db = dB.data_ptr<scalar_t>();
       const auto& kt = table_for<scalar_t>();
-      run_tasks_dynamic(p.num_tasks(), [&](int64_t t) { kt.soft_col_grad(p, t); });
+      run_tasks_dynamic(p.grad_tasks(), [&](int64_t t) { kt.soft_col_grad(p, t); });
       return;
     }
     const at::Tensor At = transposed_copy<scalar_t>(A_in.to(ct));  // [b,k,m]
