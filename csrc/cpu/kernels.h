@@ -1242,10 +1242,7 @@ struct Kernels {
   }
 
   // ------------------------------------------------------------ one column
-  // ColArgs: kBlock values of r of one product, for all its rows; the column
-  // of B is read in vectors (NaN noted once), each row of A against it with
-  // four accumulators (the max/min chains are latency-bound with one).
-  // A forward task's product bi, block of r [r0, r1) and rows [i0, i1).
+  // A forward task's product bi, block of r [r0, r1) and rows [i0, i1) (ColArgs).
   struct ColTask {
     int64_t bi, blk, r0, r1, i0, i1;
   };
@@ -1255,6 +1252,9 @@ struct Kernels {
     return {bi, blk, r0, std::min(p.k, r0 + ColArgs<T>::kBlock), i0, std::min(p.m, i0 + ColArgs<T>::kRows)};
   }
 
+  // Hard one-column forward: the task's block of B's column read in vectors
+  // (NaN noted once), each of its rows of A against it with four accumulators
+  // (the max/min chain is latency-bound with one).
   static void hard_col(const ColArgs<T>& p, int64_t task) {
     constexpr int kAcc = 4;
     const auto [bi, blk, r0, r1, i0, i1] = col_task(p, task);
@@ -1338,12 +1338,13 @@ struct Kernels {
     }
   }
 
-  // Soft one-column gradients (ColArgs): for the task's r, per row i,
+  // Soft one-column gradients (ColArgs): for the task's block of r, per row i,
   //   dA[i, r] = g_i u p^2,  dB[r] = sum_i g_i v p^2,
   //   u = 2^((c_i - a)s), v = 2^((c_i - b)s), p = 1/(u+v)
-  // (soft_grad_part; differences before scaling, see soft_col), every term, under FlushDenormals on g scaled by gnorm
-  // and scaled back after (as soft_grad_whole: the terms that do not count
-  // lie far below float32's smallest normal).
+  // (soft_grad_part; differences before scaling, see soft_col), every term,
+  // under FlushDenormals on g scaled by gnorm and scaled back after (as
+  // soft_grad_whole: the terms that do not count lie far below float32's
+  // smallest normal).
   static void soft_col_grad(const ColArgs<T>& p, int64_t task) {
     const int64_t blocks = p.blocks(), blk = task % blocks, bi = task / blocks;
     const int64_t r0 = blk * ColArgs<T>::kBlock, r1 = std::min(p.k, r0 + ColArgs<T>::kBlock);
