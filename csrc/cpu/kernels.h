@@ -1013,10 +1013,15 @@ struct Kernels {
       soft_grad_whole_products(p, b0, b_end);
     }
     if (p.gnorm != T(1)) {
-      const T unnorm = T(1) / p.gnorm;
-      for (T* x = p.da + b0 * p.m * p.k; x < p.da + b_end * p.m * p.k; ++x) *x *= unnorm;
-      for (T* x = p.db + b0 * p.k * p.n; x < p.db + b_end * p.k * p.n; ++x) *x *= unnorm;
+      unscale(p.da + b0 * p.m * p.k, p.da + b_end * p.m * p.k, p.gnorm);
+      unscale(p.db + b0 * p.k * p.n, p.db + b_end * p.k * p.n, p.gnorm);
     }
+  }
+
+  // [begin, end) divided by gnorm: gradients computed on g * gnorm (FlushDenormals).
+  static void unscale(T* begin, T* end, T gnorm) {
+    const T f = T(1) / gnorm;
+    for (T* x = begin; x < end; ++x) *x *= f;
   }
 
   // soft_grad_whole's products [b0, b_end), on g * gnorm.
@@ -1293,6 +1298,17 @@ struct Kernels {
     if (nan && p.nan_seen) p.nan_seen->store(1, std::memory_order_relaxed);
   }
 
+  // A vector of one-column terms against the output value h: u = 2^((h-a)s),
+  // v = 2^((h-b)s) and pr = 1/(u+v), the difference taken before the scaling
+  // (see soft_col).
+  struct ColTerms {
+    reg u, v, pr;
+  };
+  static inline ColTerms col_terms(reg h, reg a, reg b, reg sv) {
+    const reg u = V::exp2(V::mul(V::sub(h, a), sv)), v = V::exp2(V::mul(V::sub(h, b), sv));
+    return {u, v, V::rcp(V::add(u, v))};
+  }
+
   // Soft one-column forward (ColArgs, p.c = H): per row with a finite shift
   // h, the partial sum over the task's r of 1/(2^((h-a)s) + 2^((h-b)s)),
   // s = p.scale; every term, none skipped. The difference is taken before the
@@ -1322,16 +1338,13 @@ struct Kernels {
       for (; r + kAcc * W <= r1; r += kAcc * W) {
 #pragma GCC unroll 2
         for (int q = 0; q < kAcc; ++q) {
-          const reg u = V::exp2(V::mul(V::sub(hv, V::load(a + r + q * W)), sv));
-          const reg v = V::exp2(V::mul(V::sub(hv, V::load(b + r + q * W)), sv));
-          acc[q] = V::add(acc[q], V::rcp(V::add(u, v)));
+          acc[q] = V::add(acc[q], col_terms(hv, V::load(a + r + q * W), V::load(b + r + q * W), sv).pr);
         }
       }
       for (; r < r1; r += W) {
         const int rest = int(std::min<int64_t>(W, r1 - r));
-        const reg u = V::exp2(V::mul(V::sub(hv, V::load_partial(a + r, rest, T(0))), sv));
-        const reg v = V::exp2(V::mul(V::sub(hv, V::load_partial(b + r, rest, T(0))), sv));
-        acc[0] = V::add(acc[0], V::mul(V::rcp(V::add(u, v)), V::load_partial(ones, rest, T(0))));
+        const ColTerms t = col_terms(hv, V::load_partial(a + r, rest, T(0)), V::load_partial(b + r, rest, T(0)), sv);
+        acc[0] = V::add(acc[0], V::mul(t.pr, V::load_partial(ones, rest, T(0))));
       }
       for (int q = 1; q < kAcc; ++q) acc[0] = V::add(acc[0], acc[q]);
       out = V::hsum(acc[0]);
@@ -1365,19 +1378,15 @@ struct Kernels {
         const reg cv = V::set1(p.c[bi * p.m + i]), gv = V::set1(g);
         for (int64_t r = r0; r < r1; r += W) {
           const int rest = int(std::min<int64_t>(W, r1 - r));
-          const reg u = V::exp2(V::mul(V::sub(cv, V::load_partial(a + r, rest, T(0))), sv));
-          const reg v = V::exp2(V::mul(V::sub(cv, V::load_partial(b + r, rest, T(0))), sv));
-          const reg pr = V::rcp(V::add(u, v));
-          V::store_partial(da + r, soft_grad_part(u, pr, gv), rest);
-          V::store_partial(db + r, V::add(V::load_partial(db + r, rest, T(0)), soft_grad_part(v, pr, gv)), rest);
+          const ColTerms t = col_terms(cv, V::load_partial(a + r, rest, T(0)), V::load_partial(b + r, rest, T(0)), sv);
+          V::store_partial(da + r, soft_grad_part(t.u, t.pr, gv), rest);
+          V::store_partial(db + r, V::add(V::load_partial(db + r, rest, T(0)), soft_grad_part(t.v, t.pr, gv)), rest);
         }
       }
     }
     if (p.gnorm != T(1)) {
-      const T unnorm = T(1) / p.gnorm;
-      for (int64_t i = 0; i < p.m; ++i)
-        for (T* x = p.da + (bi * p.m + i) * p.k + r0; x < p.da + (bi * p.m + i) * p.k + r1; ++x) *x *= unnorm;
-      for (T* x = db + r0; x < db + r1; ++x) *x *= unnorm;
+      for (int64_t i = 0; i < p.m; ++i) unscale(p.da + (bi * p.m + i) * p.k + r0, p.da + (bi * p.m + i) * p.k + r1, p.gnorm);
+      unscale(db + r0, db + r1, p.gnorm);
     }
   }
 
