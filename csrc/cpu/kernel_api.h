@@ -101,6 +101,10 @@ struct HardArgs {
   // register tile of the ISA that runs the product (KernelTable::hard_mr, hard_nr).
   T* pa = nullptr;
   T* pb = nullptr;
+  // Nullable, only with pb: contiguous [batch, n, k], where hard_pack writes
+  // B^T (the winner search's copy) from each B strip it has just packed,
+  // so that B is read once for both.
+  T* bt = nullptr;
   uint8_t* pa_bits = nullptr;
   uint8_t* pb_bits = nullptr;
   int64_t mr = 0, nr = 0;

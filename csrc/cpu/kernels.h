@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -482,9 +483,26 @@ struct Kernels {
     } else {
       const int64_t t = q - p.pack_a_tasks();
       T* const dst = p.pb + p.packed_offset(p.b_strips(), NR, bi, chunk, t);
-      pack_b(p, bi, t * NR, std::min<int64_t>(NR, p.n - t * NR), r0, kc, kp, dst);
+      const int64_t cols = std::min<int64_t>(NR, p.n - t * NR);
+      pack_b(p, bi, t * NR, cols, r0, kc, kp, dst);
       p.pb_bits[p.strip_index(p.b_strips(), bi, chunk, t)] = scan_packed(p, dst, kp * NR);
+      if (p.bt) transpose_strip(dst, kc, cols, p.bt + (bi * p.n + t * NR) * p.k + r0, p.k);
     }
+  }
+
+  // B^T from a packed B strip (kc x NR, in cache: just written): its `cols`
+  // columns into the rows of bt, ldt apart, kc values each. Whole 16 x 16
+  // blocks in vector registers where the ISA can, the rest element by element.
+  static void transpose_strip(const T* strip, int64_t kc, int64_t cols, T* bt, int64_t ldt) {
+    int64_t rv = 0, cv = 0;
+    if constexpr (V::kTranspose16 && std::is_same_v<T, float>) {
+      rv = kc / 16 * 16;
+      cv = cols / 16 * 16;
+      for (int64_t r = 0; r < rv; r += 16)
+        for (int64_t j = 0; j < cv; j += 16) V::transpose16(strip + r * NR + j, NR, bt + j * ldt + r, ldt, false);
+    }
+    for (int64_t j = 0; j < cols; ++j)
+      for (int64_t r = j < cv ? rv : 0; r < kc; ++r) bt[j * ldt + r] = strip[r * NR + j];
   }
 
   static bool all_bits(const uint8_t* flags, int64_t count) {

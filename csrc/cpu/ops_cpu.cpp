@@ -165,14 +165,16 @@ struct PackedOperands {
 // Packs each operand once for the whole product (Kernels::hard_pack) where its
 // tasks would otherwise pack the same block several times: A when C has more
 // than one column block, B when it has more than one row block (the thin flow
-// products, one row block, pack B once anyway and keep no copy of it). In
+// products, one row block, pack B once anyway and keep no copy of it); with B
+// packed once, B^T (`bt`, nullable: contiguous [b, n, k]) is written from its
+// strips as they are packed. In
 // A/B runs in one process on an Intel Xeon: the 1024^3 forward 13.4-13.9 ->
 // 11.7-11.9 ms, 2048^3 111-116 -> 95-97 ms. The copy costs memory for the
 // call: up to kMaxPackedBytes per operand (a 4096 x 4096 float32 one with its
 // padding to whole strips), beyond which (large batches of flow products) the
 // tasks pack as before.
 template <class T>
-void pack_once(HardArgs<T>& p, const KernelTable<T>& kt, PackedOperands& packed) {
+void pack_once(HardArgs<T>& p, const KernelTable<T>& kt, PackedOperands& packed, T* bt) {
   constexpr int64_t kMaxPackedBytes = int64_t(80) << 20;
   if (p.small() || p.k == 0 || p.m == 0 || p.n == 0) return;
   p.mr = kt.hard_mr;
@@ -189,6 +191,7 @@ void pack_once(HardArgs<T>& p, const KernelTable<T>& kt, PackedOperands& packed)
     packed.b_bits.resize(size_t(p.batch * p.chunks() * p.b_strips()));
     p.pb = packed.b.data_ptr<T>();
     p.pb_bits = packed.b_bits.data();
+    p.bt = bt;
   }
   run_tasks_dynamic(p.pack_tasks(), [&](int64_t t) { kt.hard_pack(p, t); });
 }
@@ -256,8 +259,10 @@ void soft_col_into(const at::Tensor& A_in, const at::Tensor& B_in, at::Tensor& C
 
 // C = A (max,min) B in the compute type (`sub`: see hard_args); raises
 // ValueError when an operand holds NaN. `and_then` (nullable): a transposed
-// copy run in the same parallel region after the product's tasks, so that it
-// fills the time threads would otherwise wait at the end of the product.
+// copy of B. Where B is packed once for the product, the packing writes it
+// (B read once for both: at 1024^3 the copy had taken ~1 ms as a pass of its
+// own); otherwise it runs in the same parallel region after the product's
+// tasks, filling the time threads would otherwise wait at its end.
 template <class T>
 void hard_into(const at::Tensor& A, const at::Tensor& B, at::Tensor& C, int32_t* sub = nullptr,
                const TransposeArgs<T>* and_then = nullptr) {
@@ -268,7 +273,8 @@ void hard_into(const at::Tensor& A, const at::Tensor& B, at::Tensor& C, int32_t*
   p.stream_sub = sub && !p.small() && p.k <= kHardKC && C.numel() * int64_t(sizeof(int32_t)) >= kStreamBytes;
   const auto& kt = table_for<T>();
   PackedOperands packed;
-  pack_once(p, kt, packed);
+  pack_once(p, kt, packed, and_then ? and_then->dst : nullptr);
+  if (p.bt) and_then = nullptr;  // written by the packing
   const int64_t n_hard = p.num_tasks();
   const int64_t n_more = and_then ? and_then->num_tasks() : 0;
   run_tasks_dynamic(n_hard + n_more, [&](int64_t t) {
@@ -307,17 +313,18 @@ std::tuple<at::Tensor, at::Tensor> hard_forward(const at::Tensor& A_in, const at
     // The winner search runs unless there is no r to find or the products
     // are small ones, whose winners the product itself finds. It reads B
     // down its columns: a transposed copy pays off once there are enough rows
-    // to share it (it is made beside the product); a few flow rows read B in
-    // place.
+    // to share it (made as B is packed, or beside the product, see
+    // hard_into); a few flow rows read B in place.
     const bool searched = with_argmax && k > 0 && !HardArgs<scalar_t>::small_shape(m, n, k);
     const bool copied = searched && m >= 32;
     at::Tensor Bt = copied ? search_workspace(B) : B;
     TransposeArgs<scalar_t> tp = copied ? transpose_args<scalar_t>(B, Bt) : TransposeArgs<scalar_t>{};
-    // The search reads the copy right after the product, a scattered line per
-    // output: written with ordinary stores (unlike the sub-chunk ids, see
-    // HardArgs::stream_sub), the copy is still in cache then. Both changes
-    // together took a 1024^3 fwd+bwd from about 17.9-18.0 to 17.6-17.7 ms
-    // (in-process A/B, 150 rounds, twice): the search 0.2 ms less.
+    // The search reads a scattered line of the copy per output: written with
+    // ordinary stores (unlike the sub-chunk ids, see HardArgs::stream_sub),
+    // more of it is still in cache then. Both changes together took a 1024^3
+    // fwd+bwd from about 17.9-18.0 to 17.6-17.7 ms (in-process A/B, 150
+    // rounds, twice; the copy was then made after the product): the search
+    // 0.2 ms less.
     tp.stream = false;
     hard_into<scalar_t>(A, B, C, with_argmax ? idx.data_ptr<int32_t>() : nullptr, copied ? &tp : nullptr);
     if (!searched) return;
