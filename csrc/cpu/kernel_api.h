@@ -230,10 +230,10 @@ struct SoftGradArgs {
   int64_t db_sb, db_sr, db_sj;
   int64_t batch, m, n, k;
   T scale, cut;
-  // The factored terms (Kernels::soft_grad): per tile, its lowest finite cs *
-  // scale (gamma, [batch, ceil(n/kSoftJT)], +inf if none); per row and tile,
+  // The factored terms (Kernels::soft_grad): per tile, its lowest finite cs,
+  // unscaled (gamma, [batch, ceil(n/kSoftJT)], +inf if none); per row and tile,
   // whether the row takes them (fact, [batch, m, ceil(n/kSoftJT)]); and for
-  // those, g * gnorm * 2^(gamma - cs * scale) (gf, [batch, m, n], written by
+  // those, g * gnorm * 2^((gamma - cs) * scale) (gf, [batch, m, n], written by
   // soft_grad_prep; unused elsewhere, null when no row takes them), with
   // gnorm = 1 / max |g| (or 1), so that the denormals the factored terms
   // flush are relative to the largest upstream gradient.

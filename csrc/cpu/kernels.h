@@ -669,12 +669,25 @@ struct Kernels {
   // that is NaN.
   static inline reg soft_grad_part(reg x, reg pr, reg g) { return V::mul(g, V::mul(V::mul(x, pr), pr)); }
 
-  // One term of dC/dB: g * soft_grad_weight(v, p) with u = 2^(c' - a'),
-  // v = 2^(c' - b'), p = 1 / (u + v).
-  static inline reg soft_grad_term(reg cs, reg as, reg bs, reg g) {
-    const reg w = V::exp2(V::sub(cs, bs));
-    const reg pr = V::rcp(V::add(V::exp2(V::sub(cs, as)), w));
-    return soft_grad_part(w, pr, g);
+  // The gradient's terms against an output value h (C, or H in the one-column
+  // forward): u = 2^((h-a)s), v = 2^((h-b)s) and pr = 1/(u+v), each
+  // difference taken before the scaling. Scaled first (h*s - a*s), the two
+  // products are rounded at ~s times the values' magnitude: at tau = 0.01 the
+  // float32 gradients of [128x512]x[512x96] erred by up to 9.8e-6 of the
+  // largest against the float64 reference, 3.6x the float32 reference's own
+  // error (the one-column kernels: ~3e-4 of each weight at values ~50).
+  struct ColTerms {
+    reg u, v, pr;
+  };
+  static inline ColTerms col_terms(reg h, reg a, reg b, reg sv) {
+    const reg u = V::exp2(V::mul(V::sub(h, a), sv)), v = V::exp2(V::mul(V::sub(h, b), sv));
+    return {u, v, V::rcp(V::add(u, v))};
+  }
+
+  // One term of dC/dB from unscaled c, a, b: g * v p^2 (col_terms).
+  static inline reg soft_grad_term(reg c, reg a, reg b, reg g, reg sv) {
+    const ColTerms t = col_terms(c, a, b, sv);
+    return soft_grad_part(t.v, t.pr, g);
   }
 
   // For a group of V::soft_nv vectors of which only `cols` columns are
@@ -740,6 +753,14 @@ struct Kernels {
     const reg gv = V::set1(g), sv = V::set1(scale);
     for (int64_t q = 0; q < n; q += W)
       V::store(dst + q, V::exp2(V::sub(gv, V::mul(V::load_partial(src + q, int(n - q), fill), sv))));
+  }
+
+  // The gradient's factors EA / EB: dst[q] = 2^((g - src[q]) * scale), the
+  // difference taken before the scaling (see col_terms), g unscaled.
+  static void exp2_gap(T* dst, const T* src, int64_t n, T g, T scale) {
+    const reg gv = V::set1(g), sv = V::set1(scale);
+    for (int64_t q = 0; q < n; q += W)
+      V::store(dst + q, V::exp2(V::mul(V::sub(gv, V::load_partial(src + q, int(n - q), g)), sv)));
   }
 
   // Rows i of a task, columns of one kSoftJT tile. For each row, the r whose
@@ -851,7 +872,8 @@ struct Kernels {
 
   // ------------------------------------------------------------ soft gradient
   // One vector group of soft_grad: acc[v] += the terms of the listed rows i of
-  // C and g (at ccol / gcol + i * ld) for NVP vectors, as soft_fwd_group.
+  // C and g (at ccol / gcol + i * ld) for NVP vectors of B (bv, unscaled), as
+  // soft_fwd_group.
   template <int NVP, bool kWhole>
   static inline __attribute__((always_inline)) void soft_grad_group(const int32_t* active, int64_t na, const T* at,
                                                                     const T* ccol, const T* gcol, int64_t ld, T scale,
@@ -859,14 +881,14 @@ struct Kernels {
     const reg sv = V::set1(scale);
     for (int64_t q = 0; q < na; ++q) {
       const int64_t i = active[q];
-      const reg av = V::set1(at[i] * scale);
+      const reg av = V::set1(at[i]);
       const T* crow = ccol + i * ld;
       const T* grow = gcol + i * ld;
 #pragma GCC unroll 8
       for (int v = 0; v < NVP; ++v) {
         const reg c = kWhole ? V::load(crow + v * W) : V::load_partial(crow + v * W, cols - v * W, T(0));
         const reg gv = kWhole ? V::load(grow + v * W) : V::load_partial(grow + v * W, cols - v * W, T(0));
-        acc[v] = V::add(acc[v], soft_grad_term(V::mul(c, sv), av, bv[v], gv));
+        acc[v] = V::add(acc[v], soft_grad_term(c, av, bv[v], gv, sv));
       }
     }
   }
@@ -910,7 +932,7 @@ struct Kernels {
   };
 
   // SoftGradArgs::gf of row `row` (of batch * m) for the tiles it takes the
-  // factored terms in: g * gnorm * 2^(gamma - c').
+  // factored terms in: g * gnorm * 2^((gamma - c) s).
   static void soft_grad_prep(const SoftGradArgs<T>& p, int64_t row) {
     const int64_t tiles_n = ceil_div(p.n, kSoftJT), bi = row / p.m;
     const T* c = p.cs + row * p.n;
@@ -922,7 +944,7 @@ struct Kernels {
       const reg gam = V::set1(p.gamma[bi * tiles_n + t]);
       for (int64_t j = t * kSoftJT; j < std::min(p.n, (t + 1) * kSoftJT); j += W) {
         const int cnt = int(std::min<int64_t>(W, p.n - j));
-        const reg e = V::exp2(V::sub(gam, V::mul(V::load_partial(c + j, cnt, T(0)), sv)));
+        const reg e = V::exp2(V::mul(V::sub(gam, V::load_partial(c + j, cnt, T(0))), sv));
         V::store_partial(gf + j, V::mul(V::mul(V::load_partial(g + j, cnt, T(0)), nv), e), cnt);
       }
     }
@@ -935,13 +957,14 @@ struct Kernels {
   // C^T = B^T (max,min) A^T, so the two gradients share one body.
   //
   // As in soft_fwd, the rows whose c' lie within kSoftFactorSpread of the
-  // tile's lowest (gamma, over all rows) take factored terms: with
-  // EA = 2^(gamma-a'), EB = 2^(gamma-b'),
-  //   v p^2 = EB 2^(gamma-c') / (EA + EB)^2,
+  // tile's lowest (gamma' = gamma s, over all rows) take factored terms: with
+  // EA = 2^(gamma'-a'), EB = 2^(gamma'-b'),
+  //   v p^2 = EB 2^(gamma'-c') / (EA + EB)^2,
   // so  dB[r, j] = EB[r,j] sum_i gf[i,j] / (EA[i,r] + EB[r,j])^2  with
-  // gf = g 2^(gamma-c') made once per output (soft_grad_prep, with g scaled
+  // gf = g 2^(gamma'-c') made once per output (soft_grad_prep, with g scaled
   // by gnorm: see FlushDenormals): an add, a reciprocal and two products per
-  // term instead of two exp2.
+  // term instead of two exp2. Every exponent is a difference of unscaled
+  // values, scaled after (col_terms).
   static void soft_grad(const SoftGradArgs<T>& p, int64_t task) {
     constexpr int NV = V::soft_nv;
     constexpr int G = NV * W;
@@ -975,13 +998,13 @@ struct Kernels {
         na += keep && !f;
         nf += keep && f;
       }
-      if (nf) exp2_shifted(ea.data(), at, p.m, p.gamma[bi * tiles_n + jt], p.scale, T(0));
+      if (nf) exp2_gap(ea.data(), at, p.m, p.gamma[bi * tiles_n + jt], p.scale);
       for (int64_t j0 = j_begin; j0 < j_end; j0 += G) {
         const int cols = int(std::min<int64_t>(G, j_end - j0));
         reg bv[NV], eb[NV], acc[NV], acc_f[NV];
         for (int v = 0; v < NV; ++v) {
-          bv[v] = V::mul(V::load_partial(brow + j0 + v * W, cols - v * W, T(0)), sv);
-          eb[v] = V::exp2(V::sub(gam, bv[v]));
+          bv[v] = V::load_partial(brow + j0 + v * W, cols - v * W, T(0));
+          eb[v] = V::exp2(V::mul(V::sub(gam, bv[v]), sv));
           acc[v] = V::zero();
           acc_f[v] = V::zero();
         }
@@ -1015,9 +1038,9 @@ struct Kernels {
 
   // SoftWholeArgs: both gradients of products_per_task() whole products per
   // task, in one pass over the terms, no term skipped: per (i, r) and W
-  // columns j, u = 2^(c'-a'), v = 2^(c'-b'), q = g / (u+v)^2, and
+  // columns j, u = 2^((c-a)s), v = 2^((c-b)s), q = g / (u+v)^2, and
   //   dA[i, r] += sum_j q u,   dB[r, j] += q v
-  // (soft_grad_term's formula; here one exp2 pair serves both gradients).
+  // (col_terms; here one exp2 pair serves both gradients).
   // Columns past n load g = 0, so they add nothing. The terms that do not
   // count are far below float32's smallest normal: they run under
   // FlushDenormals on g scaled by gnorm, and the gradients are scaled back
@@ -1055,18 +1078,16 @@ struct Kernels {
       std::fill(db, db + p.k * p.n, T(0));
       for (int64_t i = 0; i < p.m; ++i) {
         for (int64_t r = 0; r < p.k; ++r) {
-          const reg as = V::set1(a[i * p.k + r] * p.scale);
+          const reg av = V::set1(a[i * p.k + r]);
           reg da_sum = V::zero();
           for (int64_t j0 = 0; j0 < p.n; j0 += W) {
             const int cols = int(std::min<int64_t>(W, p.n - j0));
-            const reg c = V::mul(V::load_partial(cs + i * p.n + j0, cols, T(0)), sv);
-            const reg bs = V::mul(V::load_partial(b + r * p.n + j0, cols, T(0)), sv);
-            const reg u = V::exp2(V::sub(c, as)), v = V::exp2(V::sub(c, bs));
-            const reg pr = V::rcp(V::add(u, v));
+            const ColTerms t = col_terms(V::load_partial(cs + i * p.n + j0, cols, T(0)), av,
+                                         V::load_partial(b + r * p.n + j0, cols, T(0)), sv);
             const reg gv = V::mul(V::load_partial(g + i * p.n + j0, cols, T(0)), nv);
-            da_sum = V::add(da_sum, soft_grad_part(u, pr, gv));
+            da_sum = V::add(da_sum, soft_grad_part(t.u, t.pr, gv));
             T* const dbr = db + r * p.n + j0;
-            V::store_partial(dbr, V::add(V::load_partial(dbr, cols, T(0)), soft_grad_part(v, pr, gv)), cols);
+            V::store_partial(dbr, V::add(V::load_partial(dbr, cols, T(0)), soft_grad_part(t.v, t.pr, gv)), cols);
           }
           da[i * p.k + r] = V::hsum(da_sum);
         }
@@ -1314,17 +1335,6 @@ struct Kernels {
       p.part[(bi * blocks + blk) * p.m + i] = best;
     }
     if (nan && p.nan_seen) p.nan_seen->store(1, std::memory_order_relaxed);
-  }
-
-  // A vector of one-column terms against the output value h: u = 2^((h-a)s),
-  // v = 2^((h-b)s) and pr = 1/(u+v), the difference taken before the scaling
-  // (see soft_col).
-  struct ColTerms {
-    reg u, v, pr;
-  };
-  static inline ColTerms col_terms(reg h, reg a, reg b, reg sv) {
-    const reg u = V::exp2(V::mul(V::sub(h, a), sv)), v = V::exp2(V::mul(V::sub(h, b), sv));
-    return {u, v, V::rcp(V::add(u, v))};
   }
 
   // Soft one-column forward (ColArgs, p.c = H): per row with a finite shift

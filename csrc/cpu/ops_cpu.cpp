@@ -413,9 +413,10 @@ namespace {
 // The shifts of Kernels::soft_grad for Cs [b, m, n] (and `not_finite`, its
 // mask, undefined when every C is finite): per row and kSoftJT column tile
 // the lowest C * s where C is finite (cmin, +inf when the tile has none: the
-// skip threshold); per tile the lowest of those over the rows (gamma); and
-// per row and tile whether its C * s lie within kSoftFactorSpread of gamma
-// (fact: the row takes the factored terms there).
+// skip threshold); per tile the lowest finite C over the rows, unscaled
+// (gamma: the factored terms' exponents are differences taken before the
+// scaling); and per row and tile whether its C * s lie within
+// kSoftFactorSpread of gamma * s (fact: the row takes the factored terms there).
 struct SoftGradShifts {
   at::Tensor cmin, gamma, fact;
 };
@@ -434,16 +435,16 @@ SoftGradShifts soft_grad_shifts(const at::Tensor& Cs, const at::Tensor& not_fini
       T best = std::numeric_limits<T>::infinity(), top = -std::numeric_limits<T>::infinity();
       for (int64_t j = t * kSoftJT; j < std::min(n, (t + 1) * kSoftJT); ++j)
         if (!skip || !skip[row * n + j]) {
-          best = std::min(best, T(c[row * n + j] * s));
-          top = std::max(top, T(c[row * n + j] * s));
+          best = std::min(best, c[row * n + j]);
+          top = std::max(top, c[row * n + j]);
         }
       lo[row * tiles + t] = best;
       hi[row * tiles + t] = top;
     }
   });
-  at::Tensor gamma = std::get<0>(cmin.min(1));  // [b, tiles]
-  at::Tensor fact = cmin.isfinite().logical_and_((cmax - gamma.unsqueeze(1)).le_(kSoftFactorSpread));
-  return {cmin, gamma.contiguous(), fact.to(at::kByte).contiguous()};
+  at::Tensor gamma = std::get<0>(cmin.min(1));  // [b, tiles], unscaled
+  at::Tensor fact = cmin.isfinite().logical_and_((cmax - gamma.unsqueeze(1)).mul_(s).le_(kSoftFactorSpread));
+  return {cmin.mul_(s), gamma.contiguous(), fact.to(at::kByte).contiguous()};
 }
 
 // 1 / max |G| where that is a finite float, else 1: the soft gradient kernels

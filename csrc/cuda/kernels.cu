@@ -259,7 +259,9 @@ __global__ void __launch_bounds__(kThreads) soft_fwd_kernel(View<T> A, View<T> B
 }
 
 // out[r, j] = sum_i g[i,j] * soft_grad_weight(v, p): a tile of (r, j) outputs,
-// slabs of kBK rows i staged in shared memory.
+// slabs of kBK rows i staged in shared memory, unscaled: each exponent's
+// difference is taken before the scaling (c*s - a*s rounds two products at
+// ~s times the values' size; the CPU kernels' col_terms).
 template <class T, class Cm>
 __global__ void __launch_bounds__(kThreads) soft_grad_rhs_kernel(View<T> A, View<T> B, View<T> Cv, View<T> G,
                                                                  MutView<Cm> out, int64_t m, int64_t n, int64_t k,
@@ -276,14 +278,14 @@ __global__ void __launch_bounds__(kThreads) soft_grad_rhs_kernel(View<T> A, View
 #pragma unroll
     for (int j = 0; j < kTN; ++j) {
       const int64_t gr = r0 + ty * kTM + i, gj = n0 + tx * kTN + j;
-      bs[i][j] = (gr < k && gj < n) ? load_elem<T, Cm>(B.data, bz * B.sb + gr * B.s0 + gj * B.s1) * scale : Cm(0);
+      bs[i][j] = (gr < k && gj < n) ? load_elem<T, Cm>(B.data, bz * B.sb + gr * B.s0 + gj * B.s1) : Cm(0);
       sum[i][j] = 0;
     }
   for (int64_t i0 = 0; i0 < m; i0 += kBK) {
     for (int e = threadIdx.x; e < kBK * kBM; e += kThreads) {
       const int ii = e / kBM, rr = e % kBM;
       const int64_t gi = i0 + ii, gr = r0 + rr;
-      As[ii][rr] = (gi < m && gr < k) ? load_elem<T, Cm>(A.data, bz * A.sb + gi * A.s0 + gr * A.s1) * scale : Cm(0);
+      As[ii][rr] = (gi < m && gr < k) ? load_elem<T, Cm>(A.data, bz * A.sb + gi * A.s0 + gr * A.s1) : Cm(0);
     }
     for (int e = threadIdx.x; e < kBK * kBN; e += kThreads) {
       const int ii = e / kBN, jj = e % kBN;
@@ -294,7 +296,7 @@ __global__ void __launch_bounds__(kThreads) soft_grad_rhs_kernel(View<T> A, View
         g = load_elem<T, Cm>(G.data, bz * G.sb + gi * G.s0 + gj * G.s1);
         if (!isfinite(c)) c = g = 0;  // outputs at +-inf pass no gradient
       }
-      Cs[ii][jj] = c * scale;
+      Cs[ii][jj] = c;
       Gs[ii][jj] = g;
     }
     __syncthreads();
@@ -307,7 +309,7 @@ __global__ void __launch_bounds__(kThreads) soft_grad_rhs_kernel(View<T> A, View
 #pragma unroll
           for (int j = 0; j < kTN; ++j) {
             const Cm c = Cs[ii][tx * kTN + j];
-            const Cm u = exp2c(c - a), v = exp2c(c - bs[i][j]);
+            const Cm u = exp2c((c - a) * scale), v = exp2c((c - bs[i][j]) * scale);
             const Cm p = recip(u + v);
             sum[i][j] += Gs[ii][tx * kTN + j] * soft_grad_weight(v, p);
           }

@@ -160,20 +160,22 @@ def soft_grad_rhs_kernel(
     G += bid * sgb
     bmask = (rr[:, None] < K) & (rn[None, :] < N)
     ct = tl.float64 if F64 else tl.float32
-    b = tl.load(B + rr[:, None] * sbk + rn[None, :] * sbn, mask=bmask, other=0.0).to(ct) * scale
+    b = tl.load(B + rr[:, None] * sbk + rn[None, :] * sbn, mask=bmask, other=0.0).to(ct)
     total = tl.zeros((BLOCK_R, BLOCK_N), ct)
     for i0 in range(0, M, BLOCK_I):
         ii = i0 + ri
         a = tl.load(A + ii[:, None] * sam + rr[None, :] * sak, mask=(ii[:, None] < M) & (rr[None, :] < K),
-                    other=0.0).to(ct) * scale  # [BI, BR]
+                    other=0.0).to(ct)  # [BI, BR]
         cmask = (ii[:, None] < M) & (rn[None, :] < N)
         c = tl.load(C + ii[:, None] * scm + rn[None, :] * scn, mask=cmask, other=0.0).to(ct)
         g = tl.load(G + ii[:, None] * sgm + rn[None, :] * sgn, mask=cmask, other=0.0).to(ct)
         live = (c == c) & (tl.abs(c) < float("inf"))
         g = tl.where(live, g, 0.0)
-        cs = tl.where(live, c, 0.0) * scale  # [BI, BN]
-        u = _exp2_clamped(cs[:, None, :] - a[:, :, None])
-        v = _exp2_clamped(cs[:, None, :] - b[None, :, :])
+        c = tl.where(live, c, 0.0)  # [BI, BN]
+        # Each difference before the scaling: c*s - a*s rounds two products
+        # at ~s times the values' size (the CPU kernels' col_terms).
+        u = _exp2_clamped((c[:, None, :] - a[:, :, None]) * scale)
+        v = _exp2_clamped((c[:, None, :] - b[None, :, :]) * scale)
         p = 1.0 / (u + v)
         total += tl.sum(g[:, None, :] * v * p * p, axis=0)
     tl.store(D + bid * sdb + rr[:, None] * sdk + rn[None, :] * sdn, total, mask=bmask)
