@@ -183,11 +183,13 @@ struct ArgmaxArgs {
   const T* c;    // contiguous [batch, m, n]
   int32_t* idx;  // in: winning sub-chunk's first r (HardArgs::sub), out: encode_winner(first r reaching C, A <= B there)
   int64_t batch, m, n, k;
-  // kRows rows of outputs per task. An output needs one sub-chunk of a row of
-  // A and of a row of B^T (a cache line each at kHardSub = 16 floats), both
-  // scattered: they are prefetched kAhead outputs ahead (about an L3 latency:
-  // 16 was measurably short, 32 to 128 alike).
-  static constexpr int64_t kRows = 8;
+  // kRows rows of outputs per task (the first rows of a task miss the
+  // prefetches of Kernels::argmax: with 8 rows the 1024^3 search took ~0.1
+  // ms longer). An output needs one sub-chunk of a row of A and of a row of
+  // B^T (a cache line each at kHardSub = 16 floats), both scattered: they are
+  // prefetched kAhead outputs ahead (about an L3 latency: 16 was measurably
+  // short, 32 to 128 alike).
+  static constexpr int64_t kRows = 32;
   static constexpr int64_t kAhead = 48;
   // Where the row blocks are too few to share out (a few flow rows against a
   // wide B), each is split into column blocks of at least kMinCols outputs,

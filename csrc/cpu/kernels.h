@@ -510,14 +510,27 @@ struct Kernels {
   }
 
   // ------------------------------------------------------------ hard argmax
-  // kRows rows of outputs, or a column block of them (ArgmaxArgs).
+  // kRows rows of outputs, or a column block of them (ArgmaxArgs). Each row
+  // of C and of the ids starts a page (at 1024 columns), where the hardware
+  // prefetchers stop, and the ids come from memory (streamed stores): the
+  // task fetches them kRowsAhead rows ahead: at 1024^3 the search took
+  // 1.3-1.5 ms instead of 1.8-2.0. (Kept inline: moved into a helper
+  // function of their own, these prefetches were missing from the compiled
+  // code, GCC 12 -O3, objdump.)
   static void argmax(const ArgmaxArgs<T>& p, int64_t task) {
-    constexpr int64_t R = ArgmaxArgs<T>::kRows;
+    constexpr int64_t R = ArgmaxArgs<T>::kRows, kRowsAhead = 2;
     const int64_t cols = p.cols_per_task(), col_blocks = ceil_div(p.n, cols);
     const int64_t j0 = (task % col_blocks) * cols, j1 = std::min(p.n, j0 + cols);
     const int64_t row_task = task / col_blocks, row_tasks = ceil_div(p.m, R);
-    const int64_t bi = row_task / row_tasks, i0 = (row_task % row_tasks) * R;
-    for (int64_t i = i0; i < std::min(p.m, i0 + R); ++i) search_row(p, bi, i, j0, j1);
+    const int64_t bi = row_task / row_tasks, i0 = (row_task % row_tasks) * R, i1 = std::min(p.m, i0 + R);
+    for (int64_t i = i0; i < i1; ++i) {
+      if (i + kRowsAhead < i1) {
+        const int64_t ahead = (bi * p.m + i + kRowsAhead) * p.n;
+        for (int64_t q = j0; q < j1; q += 64 / int64_t(sizeof(int32_t))) __builtin_prefetch(p.idx + ahead + q);
+        for (int64_t q = j0; q < j1; q += 64 / int64_t(sizeof(T))) __builtin_prefetch(p.c + ahead + q);
+      }
+      search_row(p, bi, i, j0, j1);
+    }
   }
 
   // Outputs (i, j_begin..j_end): turn each winning sub-chunk (held as its
