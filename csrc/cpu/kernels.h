@@ -8,7 +8,6 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
-#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -491,18 +490,12 @@ struct Kernels {
   }
 
   // B^T from a packed B strip (kc x NR, in cache: just written): its `cols`
-  // columns into the rows of bt, ldt apart, kc values each. Whole 16 x 16
-  // blocks in vector registers where the ISA can, the rest element by element.
+  // columns into the rows of bt, ldt apart, kc values each, by the
+  // transposed copy's own tasks (16 rows of the strip each).
   static void transpose_strip(const T* strip, int64_t kc, int64_t cols, T* bt, int64_t ldt) {
-    int64_t rv = 0, cv = 0;
-    if constexpr (V::kTranspose16 && std::is_same_v<T, float>) {
-      rv = kc / 16 * 16;
-      cv = cols / 16 * 16;
-      for (int64_t r = 0; r < rv; r += 16)
-        for (int64_t j = 0; j < cv; j += 16) V::transpose16(strip + r * NR + j, NR, bt + j * ldt + r, ldt, false);
-    }
-    for (int64_t j = 0; j < cols; ++j)
-      for (int64_t r = j < cv ? rv : 0; r < kc; ++r) bt[j * ldt + r] = strip[r * NR + j];
+    TransposeArgs<T> t{strip, 0, NR, 1, bt, 1, kc, cols};
+    t.ld = ldt;
+    for (int64_t task = 0; task < t.num_tasks(); ++task) transpose(t, task);
   }
 
   static bool all_bits(const uint8_t* flags, int64_t count) {
@@ -1287,11 +1280,12 @@ struct Kernels {
       static_assert(R == W, "a 16x16 block is 16 vectors");
       const int64_t bi = task / p.row_blocks(), r0 = (task % p.row_blocks()) * R;
       if (r0 + R <= p.k && p.s_sc == 1) {
+        const int64_t ld = p.dst_ld();
         const T* src = p.src + bi * p.s_sb + r0 * p.s_sr;
-        T* dst = p.dst + bi * p.n * p.k + r0;
+        T* dst = p.dst + bi * p.n * ld + r0;
         // Streamed where every row of the block starts a 64-byte line.
-        const bool stream = p.stream && (reinterpret_cast<uintptr_t>(dst) % 64 == 0) && (p.k * int64_t(sizeof(T))) % 64 == 0;
-        for (; c0 + R <= p.n; c0 += R) V::transpose16(src + c0, p.s_sr, dst + c0 * p.k, p.k, stream);
+        const bool stream = p.stream && (reinterpret_cast<uintptr_t>(dst) % 64 == 0) && (ld * int64_t(sizeof(T))) % 64 == 0;
+        for (; c0 + R <= p.n; c0 += R) V::transpose16(src + c0, p.s_sr, dst + c0 * ld, ld, stream);
         if (stream) V::stream_fence();
       }
     }

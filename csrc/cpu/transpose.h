@@ -16,7 +16,8 @@ namespace cpu {
 // cache for their consumer.
 constexpr int64_t kStreamBytes = int64_t(4) << 20;
 
-// X[b, k, n] (strides s_sb, s_sr, s_sc) -> out[b, n, k] (contiguous).
+// X[b, k, n] (strides s_sb, s_sr, s_sc) -> out[b, n, k]: rows of out `ld`
+// apart (0: k, contiguous), products n * ld apart.
 template <class T>
 struct TransposeArgs {
   const T* src;
@@ -36,6 +37,10 @@ struct TransposeArgs {
   static constexpr int64_t kRows = 16;
   int64_t num_tasks() const { return batch * ((k + kRows - 1) / kRows); }
   int64_t row_blocks() const { return (k + kRows - 1) / kRows; }
+  // A depth chunk of B^T written from a packed strip (Kernels::transpose_strip)
+  // lands in rows of the whole B^T, longer than the chunk.
+  int64_t ld = 0;
+  int64_t dst_ld() const { return ld ? ld : k; }
 };
 
 // Columns [c0, n) of the task's row block, through a kRows x kRows tile.
@@ -44,14 +49,15 @@ void transpose_rest(const TransposeArgs<T>& p, int64_t task, int64_t c0) {
   constexpr int64_t R = TransposeArgs<T>::kRows;
   const int64_t bi = task / p.row_blocks(), r0 = (task % p.row_blocks()) * R, rows = std::min(p.k - r0, R);
   const T* src = p.src + bi * p.s_sb + r0 * p.s_sr;
-  T* dst = p.dst + bi * p.n * p.k + r0;
+  const int64_t ld = p.dst_ld();
+  T* dst = p.dst + bi * p.n * ld + r0;
   T tile[R][R];
   for (; c0 < p.n; c0 += R) {
     const int64_t cols = std::min(p.n - c0, R);
     for (int64_t r = 0; r < rows; ++r)
       for (int64_t j = 0; j < cols; ++j) tile[r][j] = src[r * p.s_sr + (c0 + j) * p.s_sc];
     for (int64_t j = 0; j < cols; ++j)
-      for (int64_t r = 0; r < rows; ++r) dst[(c0 + j) * p.k + r] = tile[r][j];
+      for (int64_t r = 0; r < rows; ++r) dst[(c0 + j) * ld + r] = tile[r][j];
   }
 }
 
